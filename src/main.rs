@@ -1,1 +1,184 @@
-fn main() {}
+//! virtumld: a daemon that speaks libvirt's remote protocol and manages User Mode Linux guests.
+//!
+//! Layout (where to find things):
+//! - `cli`, `config`, `paths`: command line, libvirtd.conf-style file, where files live.
+//! - `server`: listeners, client limit, idle timeout, shutdown.
+//! - `rpc/`: the transport: `connection` (framing, keepalive, per-call tasks, writer),
+//!   `client` (per-connection state).
+//! - `remote/`: dispatch. `remote/mod.rs` holds the one `match` from procedure number to
+//!   handler; handlers live in one module per API area (`connect`, ...). A procedure
+//!   `REMOTE_PROC_X_Y` is handled by the function `x_y` of its area's module.
+//! - `host`: host facts (node info, capabilities).
+//! - The UML backend is the `virtumld-uml` crate (`uml/`); the wire types are the
+//!   `virtumld-protocol` crate (`protocol/`).
+
+mod cli;
+mod config;
+mod daemon;
+mod host;
+mod paths;
+mod remote;
+mod rpc;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tracing::{error, info, warn};
+
+use crate::cli::Parsed;
+use crate::config::Config;
+use crate::daemon::Daemon;
+use crate::paths::{Mode, Paths};
+
+/// Escapes text for XML element content and attribute values.
+pub fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    let opts = match cli::parse(std::env::args().skip(1)) {
+        Ok(Parsed::Run(o)) => o,
+        Ok(Parsed::Help) => {
+            print!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Parsed::Version) => {
+            println!("virtumld {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("virtumld: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mode = opts.mode.unwrap_or(if nix::unistd::geteuid().is_root() {
+        Mode::System
+    } else {
+        Mode::Session
+    });
+    let paths = match (&opts.root, mode) {
+        (Some(root), _) => Paths::system(root),
+        (None, Mode::System) => Paths::system(std::path::Path::new("/")),
+        (None, Mode::Session) => Paths::session(&|k| std::env::var(k).ok()),
+    };
+    let config_path = opts
+        .config
+        .clone()
+        .unwrap_or_else(|| paths.config_file.clone());
+    let (config, warnings) = match Config::load(&config_path, opts.config.is_some()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("virtumld: configuration error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    init_tracing(opts.verbose, &config);
+    for w in warnings {
+        warn!("{}: {w}", config_path.display());
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let pid_file = opts.pid_file.clone();
+    let code = runtime.block_on(run(mode, config, paths, opts));
+    if let Some(p) = pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+    code
+}
+
+fn init_tracing(verbose: bool, config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let default = if verbose {
+        "debug"
+    } else {
+        match config.log_level {
+            Some(1) => "debug",
+            Some(2) => "info",
+            Some(4) => "error",
+            _ => "warn",
+        }
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(mode: Mode, config: Config, paths: Paths, opts: cli::Options) -> ExitCode {
+    let uml_version = host::uml_version(&config.uml_kernel).unwrap_or_else(|| {
+        warn!(
+            "cannot read the version of {}: reporting 0",
+            config.uml_kernel.display()
+        );
+        0
+    });
+    let daemon = Arc::new(Daemon::new(mode, config, paths, uml_version));
+    let server = match server::Server::bind(daemon.clone(), opts.listen).await {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("virtumld: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(p) = &opts.pid_file {
+        if let Err(e) = write_pid_file(p) {
+            error!("cannot write pid file {}: {e}", p.display());
+            return ExitCode::from(1);
+        }
+    }
+    info!(
+        "virtumld {} serving uml://{} (sockets in {})",
+        env!("CARGO_PKG_VERSION"),
+        mode.uri_path(),
+        daemon.paths.socket_dir.display()
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        let _ = stop_tx.send(true);
+    });
+    server
+        .run(stop_rx, opts.timeout.map(std::time::Duration::from_secs))
+        .await;
+    ExitCode::SUCCESS
+}
+
+fn write_pid_file(path: &PathBuf) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, format!("{}\n", std::process::id()))
+}

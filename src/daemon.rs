@@ -1,0 +1,56 @@
+//! The state every connection shares: configuration, paths, mode, host facts.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::config::Config;
+use crate::paths::{Mode, Paths};
+
+pub struct Daemon {
+    pub mode: Mode,
+    pub config: Config,
+    pub paths: Paths,
+    /// `linux.uml --version`, encoded as libvirt encodes versions (0 when unknown).
+    pub uml_version: u64,
+    next_conn: AtomicU64,
+    clients: AtomicUsize,
+}
+
+impl Daemon {
+    pub fn new(mode: Mode, config: Config, paths: Paths, uml_version: u64) -> Daemon {
+        Daemon {
+            mode,
+            config,
+            paths,
+            uml_version,
+            next_conn: AtomicU64::new(1),
+            clients: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Guests keep an idle daemon alive (`--timeout`); none run until the driver starts them.
+    pub fn has_running_guests(&self) -> bool {
+        false
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.load(Ordering::Acquire)
+    }
+
+    /// Counts a connected client for as long as the guard lives.
+    pub fn client_guard(self: &std::sync::Arc<Self>) -> ClientGuard {
+        self.clients.fetch_add(1, Ordering::AcqRel);
+        ClientGuard(self.clone())
+    }
+}
+
+pub struct ClientGuard(std::sync::Arc<Daemon>);
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}

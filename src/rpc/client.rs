@@ -1,0 +1,106 @@
+//! Per-connection state that dispatch reads: identity of the transport, authentication
+//! phase, whether CONNECT_OPEN happened and how, keepalive, and the outgoing queue.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use bytes::BytesMut;
+use tokio::sync::{mpsc, Notify};
+
+/// How the client reached the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    Unix { read_only: bool },
+    Tcp,
+}
+
+impl Transport {
+    /// UNIX sockets are local and TLS is encrypted; libvirt calls both "secure".
+    pub fn is_secure(&self) -> bool {
+        matches!(self, Transport::Unix { .. })
+    }
+}
+
+/// What CONNECT_OPEN established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub read_only: bool,
+}
+
+pub struct Client {
+    pub id: u64,
+    pub transport: Transport,
+    tx: mpsc::Sender<BytesMut>,
+    authenticated: AtomicBool,
+    opened: Mutex<Option<Opened>>,
+    keepalive: AtomicBool,
+    /// Wakes the connection loop when keepalive is switched on.
+    pub keepalive_changed: Notify,
+    /// Asks the connection loop to close the connection.
+    pub close_requested: Notify,
+}
+
+impl Client {
+    pub fn new(id: u64, transport: Transport, tx: mpsc::Sender<BytesMut>) -> Client {
+        Client {
+            id,
+            transport,
+            tx,
+            // Every listener uses auth "none" for now, so clients start authenticated.
+            authenticated: AtomicBool::new(true),
+            opened: Mutex::new(None),
+            keepalive: AtomicBool::new(false),
+            keepalive_changed: Notify::new(),
+            close_requested: Notify::new(),
+        }
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated.load(Ordering::Acquire)
+    }
+
+    /// True when the transport itself only allows read-only access.
+    pub fn transport_read_only(&self) -> bool {
+        matches!(self.transport, Transport::Unix { read_only: true })
+    }
+
+    pub fn opened(&self) -> Option<Opened> {
+        *self.opened.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records CONNECT_OPEN; fails when the connection is already open.
+    pub fn set_opened(&self, o: Opened) -> bool {
+        let mut g = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_some() {
+            return false;
+        }
+        *g = Some(o);
+        true
+    }
+
+    pub fn clear_opened(&self) {
+        *self.opened.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    pub fn keepalive_enabled(&self) -> bool {
+        self.keepalive.load(Ordering::Acquire)
+    }
+
+    /// The client asked about the keepalive feature, so it can answer PINGs.
+    pub fn enable_keepalive(&self) {
+        if !self.keepalive.swap(true, Ordering::AcqRel) {
+            self.keepalive_changed.notify_one();
+        }
+    }
+
+    /// Queues a whole encoded message; waits while the queue is full so a client that
+    /// does not read holds back only its own calls.
+    pub async fn send(&self, msg: BytesMut) -> bool {
+        self.tx.send(msg).await.is_ok()
+    }
+
+    /// Queues a message without waiting; false when the queue is full or closed.
+    pub fn try_send(&self, msg: BytesMut) -> bool {
+        self.tx.try_send(msg).is_ok()
+    }
+}

@@ -1,0 +1,274 @@
+//! One client connection: reads whole messages, answers keepalive PINGs in the read path,
+//! runs each CALL as its own task (so replies may go out of order and a slow call never
+//! delays a PONG), and feeds one writer task through a bounded queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
+use tracing::{debug, info, warn, Instrument};
+use virtumld_protocol::error::{code, domain, RemoteError};
+use virtumld_protocol::frame;
+use virtumld_protocol::header::{
+    Header, MessageType, Status, KEEPALIVE_PROC_PING, KEEPALIVE_PROC_PONG, KEEPALIVE_PROGRAM,
+    KEEPALIVE_PROTOCOL_VERSION, REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION,
+};
+use virtumld_protocol::limits::{MESSAGE_HEADER_LEN, MESSAGE_INITIAL, MESSAGE_MAX};
+
+use crate::daemon::Daemon;
+use crate::remote;
+use crate::rpc::client::{Client, Transport};
+
+/// Outgoing messages queued per connection before callers wait: bounds what a client that
+/// does not read can make the daemon hold.
+const TX_QUEUE: usize = 64;
+/// Replies coalesced into one write when several are ready.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Serves one connection until the peer leaves, the daemon shuts down or the connection
+/// breaks a framing rule. In-flight calls finish before the writer closes.
+pub async fn serve<R, W>(
+    daemon: Arc<Daemon>,
+    mut reader: R,
+    writer: W,
+    transport: Transport,
+    peer: String,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let id = daemon.next_connection_id();
+    let span = tracing::info_span!("conn", id, %peer);
+    async move {
+        info!("client connected");
+        let (tx, rx) = mpsc::channel(TX_QUEUE);
+        let client = Arc::new(Client::new(id, transport, tx));
+        let writer_task = tokio::spawn(write_loop(writer, rx).in_current_span());
+        let max_requests = daemon.config.max_client_requests;
+        let inflight = Arc::new(Semaphore::new(max_requests));
+
+        let mut buf = BytesMut::new();
+        let ka = Keepalive::new(
+            daemon.config.keepalive_interval,
+            daemon.config.keepalive_count,
+        );
+        let mut last_rx = Instant::now();
+        let mut pings_sent = 0u32;
+        let mut ticker = tokio::time::interval(ka.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        'conn: loop {
+            // Handle every whole message already buffered.
+            loop {
+                let cap = if client.is_authenticated() {
+                    MESSAGE_MAX
+                } else {
+                    MESSAGE_INITIAL
+                };
+                let len = match frame::message_len(&buf, cap) {
+                    Ok(Some(len)) => len,
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!("closing connection: {e}");
+                        break 'conn;
+                    }
+                };
+                if buf.len() < len {
+                    // Grow only for the message being read, never by what a peer merely claims
+                    // beyond the phase cap (checked above).
+                    buf.reserve(len - buf.len());
+                    break;
+                }
+                let msg = buf.split_to(len).freeze();
+                if !on_message(&daemon, &client, &inflight, msg).await {
+                    break 'conn;
+                }
+            }
+            tokio::select! {
+                r = reader.read_buf(&mut buf) => match r {
+                    Ok(0) => {
+                        if !buf.is_empty() {
+                            debug!("peer closed mid-message ({} bytes pending)", buf.len());
+                        }
+                        break;
+                    }
+                    Ok(_) => {
+                        last_rx = Instant::now();
+                        pings_sent = 0;
+                    }
+                    Err(e) => {
+                        debug!("read error: {e}");
+                        break;
+                    }
+                },
+                _ = ticker.tick(), if ka.enabled && client.keepalive_enabled() => {
+                    if last_rx.elapsed() >= ka.interval {
+                        if pings_sent >= ka.count {
+                            info!("closing connection: no answer to {pings_sent} keepalive pings");
+                            break;
+                        }
+                        pings_sent += 1;
+                        client.try_send(keepalive_message(KEEPALIVE_PROC_PING));
+                    }
+                }
+                _ = client.keepalive_changed.notified() => {
+                    ticker.reset();
+                }
+                _ = client.close_requested.notified() => break,
+                _ = shutdown.changed() => break,
+            }
+        }
+
+        // Let in-flight calls finish and queue their replies, then close the writer.
+        let _ = inflight.acquire_many(max_requests as u32).await;
+        remote::disconnected(&daemon, &client);
+        drop(client);
+        let _ = writer_task.await;
+        info!("client disconnected");
+    }
+    .instrument(span)
+    .await
+}
+
+struct Keepalive {
+    enabled: bool,
+    interval: Duration,
+    count: u32,
+}
+
+impl Keepalive {
+    fn new(interval: i64, count: u32) -> Keepalive {
+        Keepalive {
+            enabled: interval > 0,
+            interval: Duration::from_secs(interval.max(1) as u64),
+            count,
+        }
+    }
+}
+
+/// Handles one whole message; false closes the connection.
+async fn on_message(
+    daemon: &Arc<Daemon>,
+    client: &Arc<Client>,
+    inflight: &Arc<Semaphore>,
+    msg: Bytes,
+) -> bool {
+    let header = match frame::split(&msg) {
+        Ok((h, _)) => h,
+        Err(_) => return false, // cannot happen: the length is at least a header
+    };
+    if header.program == KEEPALIVE_PROGRAM && header.version == KEEPALIVE_PROTOCOL_VERSION {
+        if header.kind == MessageType::MESSAGE && header.procedure == KEEPALIVE_PROC_PING {
+            // Answered here, never behind calls.
+            return client.send(keepalive_message(KEEPALIVE_PROC_PONG)).await;
+        }
+        return true; // PONGs only prove liveness, which the read already recorded.
+    }
+    let known_program =
+        header.program == REMOTE_PROGRAM && header.version == REMOTE_PROTOCOL_VERSION;
+    let is_call = header.kind == MessageType::CALL || header.kind == MessageType::CALL_WITH_FDS;
+    if !known_program {
+        if is_call {
+            let err = RemoteError::new(
+                code::RPC,
+                domain::RPC,
+                format!(
+                    "Cannot find program {} version {}",
+                    header.program, header.version
+                ),
+            );
+            return client.send(remote::error_reply(&header, &err)).await;
+        }
+        debug!(?header, "dropping message for an unknown program");
+        return true;
+    }
+    match header.kind {
+        MessageType::CALL => {
+            if header.status != Status::OK {
+                let err = RemoteError::new(
+                    code::RPC,
+                    domain::RPC,
+                    format!("Unexpected message status {}", header.status.0),
+                );
+                return client.send(remote::error_reply(&header, &err)).await;
+            }
+            let Ok(permit) = inflight.clone().acquire_owned().await else {
+                return false;
+            };
+            let daemon = daemon.clone();
+            let client = client.clone();
+            let span = tracing::debug_span!(
+                "call",
+                serial = header.serial,
+                proc = remote::procedure_name(header.procedure)
+            );
+            tokio::spawn(
+                async move {
+                    let payload = msg.slice(MESSAGE_HEADER_LEN..);
+                    let reply = remote::dispatch(&daemon, &client, &header, payload).await;
+                    client.send(reply).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+            true
+        }
+        MessageType::STREAM => {
+            // Stream data is not acknowledged; packets for streams that are gone are dropped.
+            debug!(
+                serial = header.serial,
+                "ignoring stream packet for no stream"
+            );
+            true
+        }
+        MessageType::CALL_WITH_FDS => {
+            let err = RemoteError::new(
+                code::RPC,
+                domain::RPC,
+                "file descriptor passing is not supported",
+            );
+            client.send(remote::error_reply(&header, &err)).await
+        }
+        _ => {
+            // A client must not send replies or events; answer with an empty reply so a
+            // confused peer is not left waiting, as libvirtd does.
+            debug!(kind = header.kind.0, "unexpected message type from client");
+            client
+                .send(frame::encode(&header.reply(Status::OK), &()))
+                .await
+        }
+    }
+}
+
+fn keepalive_message(procedure: i32) -> BytesMut {
+    let h = Header {
+        program: KEEPALIVE_PROGRAM,
+        version: KEEPALIVE_PROTOCOL_VERSION,
+        procedure,
+        kind: MessageType::MESSAGE,
+        serial: 0,
+        status: Status::OK,
+    };
+    frame::encode(&h, &())
+}
+
+/// Writes queued messages, coalescing those that are ready into one write.
+async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<BytesMut>) {
+    while let Some(mut first) = rx.recv().await {
+        while first.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(more) => first.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = w.write_all(&first).await {
+            debug!("write error: {e}");
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
+}

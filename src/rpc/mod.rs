@@ -1,0 +1,4 @@
+//! The transport: framing, keepalive and per-connection state. Knows no procedure.
+
+pub mod client;
+pub mod connection;

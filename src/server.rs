@@ -1,0 +1,267 @@
+//! Listeners and the daemon's life: UNIX sockets (read-write and read-only), TCP, the
+//! client limit, the idle timeout, and an orderly shutdown on SIGTERM/SIGINT.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::daemon::Daemon;
+use crate::rpc::client::Transport;
+use crate::rpc::connection;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another daemon is already listening on {0}")]
+    InUse(PathBuf),
+    #[error("{0}")]
+    Config(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
+    move |source| StartError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Binds a UNIX socket, replacing a stale socket file but never a live one.
+fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(StartError::InUse(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(io_err(path))?;
+    }
+    let l = UnixListener::bind(path).map_err(io_err(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(path))?;
+    Ok(l)
+}
+
+enum Listener {
+    Unix {
+        listener: UnixListener,
+        path: PathBuf,
+        read_only: bool,
+    },
+    Tcp(TcpListener),
+}
+
+pub struct Server {
+    daemon: Arc<Daemon>,
+    listeners: Vec<Listener>,
+    socket_paths: Vec<PathBuf>,
+}
+
+impl Server {
+    /// Opens every listener the mode and configuration ask for.
+    pub async fn bind(daemon: Arc<Daemon>, listen: bool) -> Result<Server, StartError> {
+        let cfg = &daemon.config;
+        let sock_dir = cfg
+            .unix_sock_dir
+            .clone()
+            .unwrap_or_else(|| daemon.paths.socket_dir.clone());
+        let mut listeners = Vec::new();
+        let mut socket_paths = Vec::new();
+        let rw = sock_dir.join("virtumld-sock");
+        listeners.push(Listener::Unix {
+            listener: bind_unix(&rw, cfg.unix_sock_rw_perms)?,
+            path: rw.clone(),
+            read_only: false,
+        });
+        socket_paths.push(rw);
+        // Session daemons have no read-only socket: clients use the one socket with flags.
+        if daemon.mode == crate::paths::Mode::System {
+            let ro = sock_dir.join("virtumld-sock-ro");
+            listeners.push(Listener::Unix {
+                listener: bind_unix(&ro, cfg.unix_sock_ro_perms)?,
+                path: ro.clone(),
+                read_only: true,
+            });
+            socket_paths.push(ro);
+        }
+        if listen && cfg.listen_tls {
+            return Err(StartError::Config(
+                "listen_tls is enabled but TLS is not available in this build of virtumld yet; \
+                 set listen_tls = 0 in the configuration file"
+                    .into(),
+            ));
+        }
+        if listen && cfg.listen_tcp {
+            let addr = format!("{}:{}", cfg.listen_addr, cfg.tcp_port);
+            let addr = if cfg.listen_addr.contains(':') {
+                format!("[{}]:{}", cfg.listen_addr, cfg.tcp_port)
+            } else {
+                addr
+            };
+            let l = TcpListener::bind(&addr)
+                .await
+                .map_err(io_err(Path::new(&addr)))?;
+            info!("listening on tcp {addr}");
+            listeners.push(Listener::Tcp(l));
+        }
+        Ok(Server {
+            daemon,
+            listeners,
+            socket_paths,
+        })
+    }
+
+    /// Accepts clients until `shutdown` fires (or the idle timeout passes), then waits for
+    /// the connections to finish their in-flight calls and removes the sockets.
+    pub async fn run(self, shutdown: watch::Receiver<bool>, idle_timeout: Option<Duration>) {
+        let Server {
+            daemon,
+            listeners,
+            socket_paths,
+        } = self;
+        let limit = Arc::new(Semaphore::new(daemon.config.max_clients));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut accepters = JoinSet::new();
+        let connections = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
+        for l in listeners {
+            accepters.spawn(accept_loop(
+                daemon.clone(),
+                l,
+                limit.clone(),
+                stop_rx.clone(),
+                connections.clone(),
+            ));
+        }
+        wait_for_stop(&daemon, shutdown, idle_timeout).await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+        while accepters.join_next().await.is_some() {}
+        let mut conns = connections.lock().await;
+        let drain = async { while conns.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(30), drain)
+            .await
+            .is_err()
+        {
+            warn!("connections did not finish within 30 s");
+        }
+        for p in socket_paths {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+async fn wait_for_stop(
+    daemon: &Daemon,
+    mut shutdown: watch::Receiver<bool>,
+    idle_timeout: Option<Duration>,
+) {
+    let Some(timeout) = idle_timeout else {
+        let _ = shutdown.wait_for(|s| *s).await;
+        return;
+    };
+    let mut idle_since = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        if daemon.client_count() > 0 || daemon.has_running_guests() {
+            idle_since = tokio::time::Instant::now();
+        } else if idle_since.elapsed() >= timeout {
+            info!("no clients for {} s: exiting", timeout.as_secs());
+            return;
+        }
+    }
+}
+
+async fn accept_loop(
+    daemon: Arc<Daemon>,
+    listener: Listener,
+    limit: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+    connections: Arc<tokio::sync::Mutex<JoinSet<()>>>,
+) {
+    loop {
+        // At the client limit, stop accepting until a client leaves (as libvirtd does).
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        let accepted = tokio::select! {
+            a = accept(&listener) => a,
+            _ = stop.changed() => return,
+        };
+        let (reader_writer, transport, peer) = match accepted {
+            Ok(v) => v,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                error!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let d = daemon.clone();
+        let stop = stop.clone();
+        let guard = daemon.client_guard();
+        let task = async move {
+            let _permit = permit;
+            let _guard = guard;
+            match reader_writer {
+                Stream::Unix(s) => {
+                    let (r, w) = s.into_split();
+                    connection::serve(d, r, w, transport, peer, stop).await
+                }
+                Stream::Tcp(s) => {
+                    let _ = s.set_nodelay(true);
+                    let (r, w) = s.into_split();
+                    connection::serve(d, r, w, transport, peer, stop).await
+                }
+            }
+        };
+        let mut conns = connections.lock().await;
+        // Reap finished connections so the set does not grow with history.
+        while conns.try_join_next().is_some() {}
+        conns.spawn(task);
+    }
+}
+
+enum Stream {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+async fn accept(l: &Listener) -> std::io::Result<(Stream, Transport, String)> {
+    match l {
+        Listener::Unix {
+            listener,
+            path,
+            read_only,
+        } => {
+            let (s, _) = listener.accept().await?;
+            let peer = match s.peer_cred() {
+                Ok(c) => format!("unix:{} uid={}", path.display(), c.uid()),
+                Err(_) => format!("unix:{}", path.display()),
+            };
+            Ok((
+                Stream::Unix(s),
+                Transport::Unix {
+                    read_only: *read_only,
+                },
+                peer,
+            ))
+        }
+        Listener::Tcp(listener) => {
+            let (s, addr) = listener.accept().await?;
+            Ok((Stream::Tcp(s), Transport::Tcp, format!("tcp:{addr}")))
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Shared test infrastructure: a private daemon per test (free TCP port, private `--root`),
+//! the stock clients run against it, and cleanup by pid.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `f` until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub root: tempfile::TempDir,
+    pub port: u16,
+    pub extra_config: String,
+}
+
+impl Daemon {
+    /// Starts `virtumld --root <tmp> --listen` with TCP on a free loopback port.
+    pub fn start() -> Daemon {
+        Self::start_with("")
+    }
+
+    pub fn start_with(extra_config: &str) -> Daemon {
+        let root = tempfile::tempdir().expect("temp dir");
+        let mut d = Daemon {
+            child: None,
+            root,
+            port: free_port(),
+            extra_config: extra_config.to_string(),
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.root.path().join("virtumld.conf")
+    }
+
+    /// (Re)starts the daemon process on the same root and port.
+    pub fn spawn(&mut self) {
+        let conf = format!(
+            "listen_tcp = 1\nlisten_tls = 0\nlisten_addr = \"127.0.0.1\"\ntcp_port = \"{}\"\nauth_tcp = \"none\"\n{}\n",
+            self.port, self.extra_config
+        );
+        std::fs::write(self.config_path(), conf).expect("write config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.path().join("daemon.log"))
+            .expect("daemon log");
+        let child = Command::new(env!("CARGO_BIN_EXE_virtumld"))
+            .arg("--system")
+            .arg("--root")
+            .arg(self.root.path())
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--listen")
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn virtumld");
+        self.child = Some(child);
+        let port = self.port;
+        let sock = self.socket();
+        let up = wait_until(Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok() && sock.exists()
+        });
+        assert!(up, "daemon did not come up; log:\n{}", self.log());
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(-1)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.root.path().join("run/libvirt/virtumld-sock")
+    }
+
+    pub fn ro_socket(&self) -> PathBuf {
+        self.root.path().join("run/libvirt/virtumld-sock-ro")
+    }
+
+    pub fn tcp_uri(&self) -> String {
+        format!("uml+tcp://127.0.0.1:{}/system", self.port)
+    }
+
+    pub fn unix_uri(&self) -> String {
+        format!("uml+unix:///system?socket={}", self.socket().display())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Runs the stock virsh against the TCP listener.
+    pub fn virsh(&self, args: &[&str]) -> Output {
+        virsh(&self.tcp_uri(), args)
+    }
+
+    /// Runs virsh and asserts success; returns stdout.
+    pub fn virsh_ok(&self, args: &[&str]) -> String {
+        let out = self.virsh(args);
+        assert!(
+            out.status.success(),
+            "virsh {args:?} failed: {}\n{}\ndaemon log tail:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout),
+            tail(&self.log(), 40)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// SIGTERM and wait; returns whether it exited 0.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return st.success();
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn virsh(uri: &str, args: &[&str]) -> Output {
+    Command::new("virsh")
+        .arg("-q")
+        .arg("-c")
+        .arg(uri)
+        .args(args)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run virsh (install libvirt-clients)")
+}
+
+/// Runs a python3-libvirt script (Debian's python: /usr/bin/python3) with `URI` set.
+pub fn python(uri: &str, script: &str) -> Output {
+    let mut child = Command::new("/usr/bin/python3")
+        .arg("-")
+        .env("URI", uri)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run /usr/bin/python3 (install python3-libvirt)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("write script");
+    child.wait_with_output().expect("python output")
+}
+
+pub fn python_ok(uri: &str, script: &str) -> String {
+    let out = python(uri, script);
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A raw protocol client for hostile-input tests.
+pub struct Raw {
+    pub s: TcpStream,
+}
+
+impl Raw {
+    pub fn connect(port: u16) -> Raw {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        Raw { s }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).expect("send");
+    }
+
+    /// Reads one whole message (length word included); None on EOF or timeout.
+    pub fn recv(&mut self) -> Option<Vec<u8>> {
+        let mut len = [0u8; 4];
+        self.s.read_exact(&mut len).ok()?;
+        let n = u32::from_be_bytes(len) as usize;
+        let mut rest = vec![0u8; n.checked_sub(4)?];
+        self.s.read_exact(&mut rest).ok()?;
+        let mut m = len.to_vec();
+        m.extend(rest);
+        Some(m)
+    }
+
+    /// True when the server closed the connection.
+    pub fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.s.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
