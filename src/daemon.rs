@@ -2,13 +2,19 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use std::sync::Arc;
+
 use crate::config::Config;
+use crate::driver::Driver;
 use crate::paths::{Mode, Paths};
+use crate::remote::events::Registry;
 
 pub struct Daemon {
     pub mode: Mode,
     pub config: Config,
     pub paths: Paths,
+    pub driver: Driver,
+    pub events: Arc<Registry>,
     /// `linux.uml --version`, encoded as libvirt encodes versions (0 when unknown).
     pub uml_version: u64,
     next_conn: AtomicU64,
@@ -16,11 +22,19 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn new(mode: Mode, config: Config, paths: Paths, uml_version: u64) -> Daemon {
+    pub fn new(
+        mode: Mode,
+        config: Config,
+        paths: Paths,
+        uml_version: u64,
+        driver: Driver,
+    ) -> Daemon {
         Daemon {
             mode,
             config,
             paths,
+            driver,
+            events: Arc::new(Registry::default()),
             uml_version,
             next_conn: AtomicU64::new(1),
             clients: AtomicUsize::new(0),
@@ -31,9 +45,9 @@ impl Daemon {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Guests keep an idle daemon alive (`--timeout`); none run until the driver starts them.
+    /// Running guests keep an idle daemon alive (`--timeout`).
     pub fn has_running_guests(&self) -> bool {
-        false
+        self.driver.has_running_guests()
     }
 
     pub fn client_count(&self) -> usize {
@@ -41,13 +55,13 @@ impl Daemon {
     }
 
     /// Counts a connected client for as long as the guard lives.
-    pub fn client_guard(self: &std::sync::Arc<Self>) -> ClientGuard {
+    pub fn client_guard(self: &Arc<Self>) -> ClientGuard {
         self.clients.fetch_add(1, Ordering::AcqRel);
         ClientGuard(self.clone())
     }
 }
 
-pub struct ClientGuard(std::sync::Arc<Daemon>);
+pub struct ClientGuard(Arc<Daemon>);
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {

@@ -15,13 +15,13 @@
 mod cli;
 mod config;
 mod daemon;
+mod driver;
 mod host;
 mod paths;
 mod remote;
 mod rpc;
 mod server;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -99,11 +99,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let pid_file = opts.pid_file.clone();
-    let code = runtime.block_on(run(mode, config, paths, opts));
-    if let Some(p) = pid_file {
-        let _ = std::fs::remove_file(p);
-    }
+    let pid_file = opts
+        .pid_file
+        .clone()
+        .unwrap_or_else(|| paths.pid_file.clone());
+    let code = runtime.block_on(run(mode, config, paths, opts, &pid_file));
+    let _ = std::fs::remove_file(pid_file);
     code
 }
 
@@ -126,7 +127,13 @@ fn init_tracing(verbose: bool, config: &Config) {
         .try_init();
 }
 
-async fn run(mode: Mode, config: Config, paths: Paths, opts: cli::Options) -> ExitCode {
+async fn run(
+    mode: Mode,
+    config: Config,
+    paths: Paths,
+    opts: cli::Options,
+    pid_file: &std::path::Path,
+) -> ExitCode {
     let uml_version = host::uml_version(&config.uml_kernel).unwrap_or_else(|| {
         warn!(
             "cannot read the version of {}: reporting 0",
@@ -134,7 +141,12 @@ async fn run(mode: Mode, config: Config, paths: Paths, opts: cli::Options) -> Ex
         );
         0
     });
-    let daemon = Arc::new(Daemon::new(mode, config, paths, uml_version));
+    if let Err(e) = virtumld_uml::process::become_subreaper() {
+        error!("cannot become the reaper of guest processes: {e}");
+        return ExitCode::from(1);
+    }
+    let driver = driver::Driver::start(paths.clone()).await;
+    let daemon = Arc::new(Daemon::new(mode, config, paths, uml_version, driver));
     let server = match server::Server::bind(daemon.clone(), opts.listen).await {
         Ok(s) => s,
         Err(e) => {
@@ -143,11 +155,9 @@ async fn run(mode: Mode, config: Config, paths: Paths, opts: cli::Options) -> Ex
             return ExitCode::from(1);
         }
     };
-    if let Some(p) = &opts.pid_file {
-        if let Err(e) = write_pid_file(p) {
-            error!("cannot write pid file {}: {e}", p.display());
-            return ExitCode::from(1);
-        }
+    if let Err(e) = write_pid_file(pid_file) {
+        error!("cannot write pid file {}: {e}", pid_file.display());
+        return ExitCode::from(1);
     }
     info!(
         "virtumld {} serving uml://{} (sockets in {})",
@@ -176,7 +186,7 @@ async fn run(mode: Mode, config: Config, paths: Paths, opts: cli::Options) -> Ex
     ExitCode::SUCCESS
 }
 
-fn write_pid_file(path: &PathBuf) -> std::io::Result<()> {
+fn write_pid_file(path: &std::path::Path) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -78,14 +78,6 @@ impl Paths {
             pid_file: runtime.join("virtumld.pid"),
         }
     }
-
-    pub fn rw_socket(&self) -> PathBuf {
-        self.socket_dir.join("virtumld-sock")
-    }
-
-    pub fn ro_socket(&self) -> PathBuf {
-        self.socket_dir.join("virtumld-sock-ro")
-    }
 }
 
 #[cfg(test)]
@@ -95,11 +87,7 @@ mod tests {
     #[test]
     fn system_layout_under_root() {
         let p = Paths::system(Path::new("/tmp/r"));
-        assert_eq!(p.rw_socket(), Path::new("/tmp/r/run/libvirt/virtumld-sock"));
-        assert_eq!(
-            p.ro_socket(),
-            Path::new("/tmp/r/run/libvirt/virtumld-sock-ro")
-        );
+        assert_eq!(p.socket_dir, Path::new("/tmp/r/run/libvirt"));
         assert_eq!(p.domain_config_dir, Path::new("/tmp/r/etc/libvirt/uml"));
         assert_eq!(p.log_dir, Path::new("/tmp/r/var/log/libvirt/uml"));
         assert_eq!(p.config_file, Path::new("/tmp/r/etc/libvirt/virtumld.conf"));
@@ -113,18 +101,15 @@ mod tests {
             _ => None,
         };
         let p = Paths::session(&env);
-        assert_eq!(
-            p.rw_socket(),
-            Path::new("/run/user/1000/libvirt/virtumld-sock")
-        );
+        assert_eq!(p.socket_dir, Path::new("/run/user/1000/libvirt"));
         assert_eq!(
             p.config_file,
             Path::new("/home/u/.config/libvirt/virtumld.conf")
         );
         let no_runtime = |k: &str| (k == "HOME").then(|| "/home/u".to_string());
         assert_eq!(
-            Paths::session(&no_runtime).rw_socket(),
-            Path::new("/home/u/.cache/libvirt/virtumld-sock")
+            Paths::session(&no_runtime).socket_dir,
+            Path::new("/home/u/.cache/libvirt")
         );
     }
 }

@@ -194,6 +194,36 @@ pub mod domain {
     pub const CH: i32 = 72;
 }
 
+/// The text libvirt puts in front of an error's detail, by code (`virErrorMsg`), so that
+/// clients print what a libvirt user is used to reading.
+pub fn message_prefix(c: i32) -> Option<&'static str> {
+    Some(match c {
+        code::INTERNAL_ERROR => "internal error",
+        code::NO_SUPPORT => "this function is not supported by the connection driver",
+        code::INVALID_ARG => "invalid argument",
+        code::OPERATION_FAILED => "operation failed",
+        code::XML_ERROR | code::XML_DETAIL => "XML error",
+        code::OPERATION_DENIED => "operation forbidden",
+        code::NO_DOMAIN => "Domain not found",
+        code::AUTH_FAILED => "authentication failed",
+        code::OPERATION_INVALID => "Requested operation is not valid",
+        code::CONFIG_UNSUPPORTED => "unsupported configuration",
+        code::OPERATION_TIMEOUT => "Timed out during operation",
+        code::ARGUMENT_UNSUPPORTED => "argument unsupported",
+        code::OPERATION_UNSUPPORTED => "Operation not supported",
+        code::NO_DOMAIN_METADATA => "metadata not found",
+        _ => return None,
+    })
+}
+
+/// `prefix: detail`, or the detail alone for codes libvirt adds no prefix to.
+pub fn format_message(c: i32, detail: &str) -> String {
+    match message_prefix(c) {
+        Some(p) => format!("{p}: {detail}"),
+        None => detail.to_string(),
+    }
+}
+
 /// `virErrorLevel::VIR_ERR_ERROR`.
 pub const LEVEL_ERROR: i32 = 2;
 

@@ -38,8 +38,9 @@ fn supports(f: i32) -> bool {
     use feature::*;
     match f {
         PROGRAM_KEEPALIVE | TYPED_PARAM_STRING | REMOTE_CLOSE_CALLBACK => true,
-        // Not yet: no event callbacks, fd passing, or migration of any kind.
-        REMOTE_EVENT_CALLBACK | FD_PASSING => false,
+        REMOTE_EVENT_CALLBACK => true,
+        // No fd passing, and no migration of any kind.
+        FD_PASSING => false,
         MIGRATION_V1
         | MIGRATION_V2
         | MIGRATION_P2P
@@ -133,6 +134,7 @@ pub async fn connect_open(ctx: &Ctx<'_>, a: ConnectOpenArgs) -> Reply<()> {
 }
 
 pub async fn connect_close(ctx: &Ctx<'_>) -> Reply<()> {
+    ctx.daemon.events.client_gone(ctx.client.id);
     ctx.client.clear_opened();
     Ok(())
 }

@@ -2,14 +2,20 @@
 //! "connection open" gate and read-only access once, here; then the one `match` below sends
 //! the decoded arguments to the handler of the procedure's API area.
 
+// Handlers return the 11-field wire error by value: errors are the cold path, and boxing
+// them would only add an allocation to every failure.
+#![allow(clippy::result_large_err)]
+
 mod connect;
+mod domain;
+pub mod events;
 pub mod wire_error;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use virtumld_protocol::error::{code, domain, RemoteError};
+use virtumld_protocol::error::{code, domain as from, RemoteError};
 use virtumld_protocol::frame;
 use virtumld_protocol::header::{Header, Status};
 use virtumld_protocol::procedures::{proc as p, remote_procedure, Kind, ProcInfo};
@@ -18,7 +24,7 @@ use virtumld_protocol::xdr::{self, Xdr};
 use crate::daemon::Daemon;
 use crate::rpc::client::Client;
 
-pub use wire_error::{error as err, Fail};
+pub use wire_error::error as err;
 
 /// What a handler sees of its caller.
 pub struct Ctx<'a> {
@@ -80,7 +86,7 @@ fn check(client: &Client, number: i32) -> Reply<&'static ProcInfo> {
     if info.needs_auth && !client.is_authenticated() {
         return Err(RemoteError::new(
             code::RPC,
-            domain::RPC,
+            from::RPC,
             "authentication required",
         ));
     }
@@ -99,12 +105,12 @@ fn check(client: &Client, number: i32) -> Reply<&'static ProcInfo> {
     match client.opened() {
         None if !pre_open => Err(RemoteError::new(
             code::INTERNAL_ERROR,
-            domain::RPC,
+            from::RPC,
             "internal error: connection not open",
         )),
         Some(o) if o.read_only && !info.read_only_ok => Err(RemoteError::new(
             code::OPERATION_DENIED,
-            domain::NONE,
+            from::NONE,
             format!(
                 "operation forbidden: read only access prevents {}",
                 info.api
@@ -125,7 +131,7 @@ where
     let args = xdr::from_bytes::<A>(payload).map_err(|e| {
         RemoteError::new(
             code::RPC,
-            domain::RPC,
+            from::RPC,
             format!("Unable to decode message payload: {e}"),
         )
     })?;
@@ -137,6 +143,8 @@ where
 /// for a procedure it lacks, so clients take their fallbacks.
 async fn call(ctx: &Ctx<'_>, number: i32, payload: &[u8]) -> Reply<BytesMut> {
     use connect as c;
+    use domain as d;
+    use events as ev;
     match number {
         p::AUTH_LIST => run(payload, |()| c::auth_list(ctx)).await,
         p::CONNECT_SUPPORTS_FEATURE => run(payload, |a| c::connect_supports_feature(ctx, a)).await,
@@ -161,11 +169,69 @@ async fn call(ctx: &Ctx<'_>, number: i32, payload: &[u8]) -> Reply<BytesMut> {
         p::NODE_GET_MEMORY_STATS => run(payload, |a| c::node_get_memory_stats(ctx, a)).await,
         p::NODE_GET_CPU_STATS => run(payload, |a| c::node_get_cpu_stats(ctx, a)).await,
         p::NODE_GET_SECURITY_MODEL => run(payload, |()| c::node_get_security_model(ctx)).await,
+        p::CONNECT_LIST_ALL_DOMAINS => run(payload, |a| d::list_all(ctx, a)).await,
+        p::CONNECT_NUM_OF_DOMAINS => run(payload, |()| d::num_of_domains(ctx)).await,
+        p::CONNECT_LIST_DOMAINS => run(payload, |a| d::list_domains(ctx, a)).await,
+        p::CONNECT_NUM_OF_DEFINED_DOMAINS => {
+            run(payload, |()| d::num_of_defined_domains(ctx)).await
+        }
+        p::CONNECT_LIST_DEFINED_DOMAINS => run(payload, |a| d::list_defined_domains(ctx, a)).await,
+        p::DOMAIN_LOOKUP_BY_NAME => run(payload, |a| d::lookup_by_name(ctx, a)).await,
+        p::DOMAIN_LOOKUP_BY_UUID => run(payload, |a| d::lookup_by_uuid(ctx, a)).await,
+        p::DOMAIN_LOOKUP_BY_ID => run(payload, |a| d::lookup_by_id(ctx, a)).await,
+        p::DOMAIN_DEFINE_XML => run(payload, |a| d::define_xml(ctx, a)).await,
+        p::DOMAIN_DEFINE_XML_FLAGS => run(payload, |a| d::define_xml_flags(ctx, a)).await,
+        p::DOMAIN_UNDEFINE => run(payload, |a| d::undefine(ctx, a)).await,
+        p::DOMAIN_UNDEFINE_FLAGS => run(payload, |a| d::undefine_flags(ctx, a)).await,
+        p::DOMAIN_GET_XML_DESC => run(payload, |a| d::get_xml_desc(ctx, a)).await,
+        p::DOMAIN_CREATE => run(payload, |a| d::create(ctx, a)).await,
+        p::DOMAIN_CREATE_WITH_FLAGS => run(payload, |a| d::create_with_flags(ctx, a)).await,
+        p::DOMAIN_CREATE_XML => run(payload, |a| d::create_xml(ctx, a)).await,
+        p::DOMAIN_SHUTDOWN => run(payload, |a| d::shutdown(ctx, a)).await,
+        p::DOMAIN_SHUTDOWN_FLAGS => run(payload, |a| d::shutdown_flags(ctx, a)).await,
+        p::DOMAIN_REBOOT => run(payload, |a| d::reboot(ctx, a)).await,
+        p::DOMAIN_SUSPEND => run(payload, |a| d::suspend(ctx, a)).await,
+        p::DOMAIN_RESUME => run(payload, |a| d::resume(ctx, a)).await,
+        p::DOMAIN_DESTROY => run(payload, |a| d::destroy(ctx, a)).await,
+        p::DOMAIN_DESTROY_FLAGS => run(payload, |a| d::destroy_flags(ctx, a)).await,
+        p::DOMAIN_GET_AUTOSTART => run(payload, |a| d::get_autostart(ctx, a)).await,
+        p::DOMAIN_SET_AUTOSTART => run(payload, |a| d::set_autostart(ctx, a)).await,
+        p::DOMAIN_GET_INFO => run(payload, |a| d::get_info(ctx, a)).await,
+        p::DOMAIN_GET_STATE => run(payload, |a| d::get_state(ctx, a)).await,
+        p::DOMAIN_GET_OS_TYPE => run(payload, |a| d::get_os_type(ctx, a)).await,
+        p::DOMAIN_IS_ACTIVE => run(payload, |a| d::is_active(ctx, a)).await,
+        p::DOMAIN_IS_PERSISTENT => run(payload, |a| d::is_persistent(ctx, a)).await,
+        p::DOMAIN_IS_UPDATED => run(payload, |a| d::is_updated(ctx, a)).await,
+        p::DOMAIN_HAS_MANAGED_SAVE_IMAGE => {
+            run(payload, |a| d::has_managed_save_image(ctx, a)).await
+        }
+        p::DOMAIN_SNAPSHOT_NUM => run(payload, |a| d::snapshot_num(ctx, a)).await,
+        p::DOMAIN_GET_MESSAGES => run(payload, |a| d::get_messages(ctx, a)).await,
+        p::DOMAIN_GET_MAX_MEMORY => run(payload, |a| d::get_max_memory(ctx, a)).await,
+        p::DOMAIN_SET_MAX_MEMORY => run(payload, |a| d::set_max_memory(ctx, a)).await,
+        p::DOMAIN_SET_MEMORY => run(payload, |a| d::set_memory(ctx, a)).await,
+        p::DOMAIN_SET_MEMORY_FLAGS => run(payload, |a| d::set_memory_flags(ctx, a)).await,
+        p::DOMAIN_GET_MAX_VCPUS => run(payload, |a| d::get_max_vcpus(ctx, a)).await,
+        p::DOMAIN_GET_VCPUS_FLAGS => run(payload, |a| d::get_vcpus_flags(ctx, a)).await,
+        p::DOMAIN_GET_VCPUS => run(payload, |a| d::get_vcpus(ctx, a)).await,
+        p::CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY => {
+            run(payload, |a| ev::callback_register_any(ctx, a)).await
+        }
+        p::CONNECT_DOMAIN_EVENT_CALLBACK_DEREGISTER_ANY => {
+            run(payload, |a| ev::callback_deregister_any(ctx, a)).await
+        }
+        p::CONNECT_DOMAIN_EVENT_REGISTER => run(payload, |()| ev::register(ctx)).await,
+        p::CONNECT_DOMAIN_EVENT_DEREGISTER => run(payload, |()| ev::deregister(ctx)).await,
+        p::CONNECT_DOMAIN_EVENT_REGISTER_ANY => run(payload, |a| ev::register_any(ctx, a)).await,
+        p::CONNECT_DOMAIN_EVENT_DEREGISTER_ANY => {
+            run(payload, |a| ev::deregister_any(ctx, a)).await
+        }
         _ => Err(err::no_support(ctx.info)),
     }
 }
 
 /// Called once a connection is gone: drop what it registered.
-pub fn disconnected(_daemon: &Arc<Daemon>, client: &Arc<Client>) {
+pub fn disconnected(daemon: &Arc<Daemon>, client: &Arc<Client>) {
+    daemon.events.client_gone(client.id);
     client.clear_opened();
 }

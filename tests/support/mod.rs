@@ -172,7 +172,86 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        kill_guests(self.root.path());
     }
+}
+
+/// Pids of the UML processes that run with their `uml_dir` under `root`.
+pub fn guest_pids(root: &Path) -> Vec<i32> {
+    let needle = format!("uml_dir={}", root.join("run/libvirt/uml-guest").display());
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if cmd.split(|b| *b == 0).any(|w| w == needle.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The main UML process of each guest: the leader of its own process group.
+pub fn guest_leaders(root: &Path) -> Vec<i32> {
+    guest_pids(root)
+        .into_iter()
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let after = s.rsplit_once(')')?.1.split_whitespace().nth(2)?.to_string();
+                    after.parse::<i32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// Kills every guest of a test by process group (they outlive the daemon by design).
+pub fn kill_guests(root: &Path) {
+    for pid in guest_pids(root) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Builds a busybox guest image `<name>.img` with tools/mkguest.
+pub fn guest_image(dir: &Path, name: &str) -> PathBuf {
+    let img = dir.join(format!("{name}.img"));
+    let st = Command::new(repo_root().join("tools/mkguest"))
+        .arg(&img)
+        .status()
+        .expect("run tools/mkguest");
+    assert!(st.success(), "tools/mkguest failed");
+    img
+}
+
+/// A domain XML for the test guest.
+pub fn guest_xml(name: &str, image: &Path) -> String {
+    format!(
+        "<domain type='uml'>
+  <name>{name}</name>
+  <memory unit='MiB'>64</memory>
+  <os>
+    <type>uml</type>
+    <kernel>/usr/bin/linux.uml</kernel>
+  </os>
+  <devices>
+    <disk type='file' device='disk'>
+      <source file='{}'/>
+      <target dev='ubd0' bus='uml'/>
+    </disk>
+    <console type='pty'/>
+  </devices>
+</domain>
+",
+        image.display()
+    )
 }
 
 pub fn tail(s: &str, n: usize) -> String {

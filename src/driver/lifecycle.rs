@@ -1,0 +1,596 @@
+//! Starting, stopping and watching guests; reattaching after a daemon restart; autostart.
+//!
+//! Every exit of a guest process is seen by its watcher task at once (the backend's exit
+//! notification, never polling). The watcher decides what the exit means from what the API
+//! asked for (`StopIntent`) and from the console's last lines, then applies the domain's
+//! `on_poweroff` / `on_reboot` / `on_crash` action.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use virtumld_protocol::error::code;
+use virtumld_uml::argv::{self, ArgvEnv};
+use virtumld_uml::console::{self, ConsoleLog};
+use virtumld_uml::domain::{self as domxml, CharKind, DomainDef, LifecycleAction};
+use virtumld_uml::process::{self, ExitReason, LaunchSpec};
+
+use super::state::{domain_state as st, event, paused, running, shutoff, StateReason};
+use super::status::Status;
+use super::{
+    persist, running_state, Data, DomRef, DomainObj, Driver, Error, EventKind, Live, Result,
+    StopIntent,
+};
+
+/// From spawn to "mconsole answers and the console ptys are known".
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// SIGTERM → SIGKILL grace for `destroy`.
+const DESTROY_GRACE: Duration = Duration::from_secs(10);
+/// For a graceful destroy, how long SIGTERM alone may take.
+const GRACEFUL_WAIT: Duration = Duration::from_secs(30);
+
+/// The umid is the domain name when UML accepts it as one, else derived from the uuid.
+fn umid_for(def: &DomainDef) -> String {
+    let ok = def.name.len() <= process::MAX_UMID_LEN
+        && !def.name.starts_with('.')
+        && def
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        def.name.clone()
+    } else {
+        let hex: String = def.uuid.iter().map(|b| format!("{b:02x}")).collect();
+        format!("uml-{hex}")
+    }
+}
+
+fn backend_error(e: impl std::fmt::Display) -> Error {
+    Error::new(code::OPERATION_FAILED, e.to_string())
+}
+
+impl Driver {
+    fn status_path(&self, name: &str) -> PathBuf {
+        self.0.paths.domain_state_dir.join(format!("{name}.xml"))
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.0.paths.log_dir.join(format!("{name}.log"))
+    }
+
+    fn save_status(&self, obj: &DomainObj) {
+        let text = {
+            let d = obj.data();
+            let Some(l) = &d.live else { return };
+            Status {
+                state: d.state,
+                id: l.id,
+                pid: l.guest.pid,
+                start_time: l.guest.start_time,
+                umid: l.guest.umid.clone(),
+                xml: l.def.to_xml(None),
+            }
+            .to_text()
+        };
+        if let Err(e) = persist::write_atomic(&self.status_path(&obj.name), text.as_bytes()) {
+            tracing::error!(domain = %obj.name, "cannot save live status: {e}");
+        }
+    }
+
+    /// Launches the kernel for `def` and starts the console pumps. The caller holds the job.
+    async fn launch(&self, def: Arc<DomainDef>, id: i32) -> Result<Live> {
+        Driver::check_kernel(&def)?;
+        let paths = &self.0.paths;
+        let umid = umid_for(&def);
+        if let Some(pid) = process::umid_in_use(&paths.uml_dir, &umid) {
+            // A dead guest whose exit nobody reaped (its parent daemon was killed) still
+            // answers kill(pid, 0), and UML would then run under a random umid: the umid
+            // directory is ours, so clear it.
+            if is_zombie(pid) {
+                let _ = std::fs::remove_dir_all(paths.uml_dir.join(&umid));
+            }
+        }
+        if let Some(pid) = process::umid_in_use(&paths.uml_dir, &umid) {
+            return Err(Error::new(
+                code::OPERATION_INVALID,
+                format!("UML umid '{umid}' is already in use by process {pid}"),
+            ));
+        }
+        let notify = paths.domain_state_dir.join(format!("{}.notify", umid));
+        let argv: Vec<OsString> = argv::build(
+            &def,
+            &ArgvEnv {
+                uml_dir: &paths.uml_dir,
+                umid: &umid,
+                notify_socket: Some(&notify),
+            },
+        )
+        .map_err(Error::def)?;
+        let lines: Vec<_> = def
+            .console_aliases()
+            .into_iter()
+            .filter(|a| def.char_dev(a).is_some_and(|c| c.uml_channel() == "pts"))
+            .collect();
+        let spec = LaunchSpec {
+            argv,
+            env: vec![("TMPDIR".into(), paths.uml_dir.clone().into_os_string())],
+            uml_dir: paths.uml_dir.clone(),
+            umid: umid.clone(),
+            notify_socket: notify,
+            log_file: self.log_path(&def.name),
+            pty_devices: lines.iter().map(|a| a.uml_device.clone()).collect(),
+            ready_timeout: READY_TIMEOUT,
+        };
+        let guest = process::launch(&spec).await.map_err(backend_error)?;
+        let pumps = start_pumps(&def, &guest, false);
+        Ok(Live {
+            def,
+            id,
+            guest,
+            pumps,
+            intent: None,
+            generation: self.0.next_generation.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// Installs a launched guest and starts its watcher.
+    fn install(&self, obj: &Arc<DomainObj>, live: Live, state: StateReason) {
+        let generation = live.generation;
+        let guest = live.guest.clone();
+        {
+            let mut d = obj.data();
+            d.live = Some(live);
+            d.state = state;
+        }
+        self.save_status(obj);
+        let driver = self.clone();
+        let obj = obj.clone();
+        tokio::spawn(async move {
+            let info = guest.wait_exit().await;
+            driver.on_exit(&obj, generation, info).await;
+        });
+    }
+
+    fn next_id(&self) -> i32 {
+        self.0.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// `virDomainCreateWithFlags`: boots a defined, inactive domain.
+    pub async fn create(&self, obj: &Arc<DomainObj>, start_paused: bool) -> Result<()> {
+        let _job = obj.begin_job().await?;
+        let def = {
+            let d = obj.data();
+            if d.live.is_some() {
+                return Err(Error::new(
+                    code::OPERATION_INVALID,
+                    "domain is already running",
+                ));
+            }
+            d.config.clone()
+        };
+        let def =
+            def.ok_or_else(|| Error::new(code::INTERNAL_ERROR, "domain has no definition"))?;
+        self.boot(obj, def, start_paused).await
+    }
+
+    async fn boot(
+        &self,
+        obj: &Arc<DomainObj>,
+        def: Arc<DomainDef>,
+        start_paused: bool,
+    ) -> Result<()> {
+        let live = self.launch(def, self.next_id()).await?;
+        if start_paused {
+            if let Err(e) = live.guest.mconsole().stop().await {
+                let _ = live.guest.kill(DESTROY_GRACE).await;
+                return Err(backend_error(e));
+            }
+        }
+        self.install(obj, live, running_state(start_paused));
+        self.emit_lifecycle(obj, event::STARTED, event::STARTED_BOOTED);
+        if start_paused {
+            self.emit_lifecycle(obj, event::SUSPENDED, event::SUSPENDED_PAUSED);
+        }
+        Ok(())
+    }
+
+    /// `virDomainCreateXML`: a transient domain, started at once (or a live definition
+    /// over an inactive persistent domain of the same name and uuid).
+    pub async fn create_xml(&self, xml: &str, start_paused: bool) -> Result<DomRef> {
+        let def = Arc::new(domxml::parse(xml).map_err(Error::def)?);
+        let (obj, fresh) = match self.existing_for(&def)? {
+            Some(o) => (o, false),
+            None => {
+                let o = Arc::new(DomainObj {
+                    name: def.name.clone(),
+                    uuid: def.uuid,
+                    job: tokio::sync::Mutex::new(()),
+                    data: std::sync::Mutex::new(Data {
+                        config: None,
+                        live: None,
+                        autostart: false,
+                        state: StateReason::new(st::SHUTOFF, shutoff::UNKNOWN),
+                        removed: false,
+                    }),
+                });
+                self.insert(o.clone());
+                (o, true)
+            }
+        };
+        let _job = obj.begin_job().await?;
+        if obj.data().live.is_some() {
+            return Err(Error::new(
+                code::OPERATION_INVALID,
+                format!("domain '{}' is already active", obj.name),
+            ));
+        }
+        match self.boot(&obj, def, start_paused).await {
+            Ok(()) => Ok(obj.dom_ref()),
+            Err(e) => {
+                if fresh {
+                    self.remove(&obj);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn require_live<T>(&self, obj: &DomainObj, f: impl FnOnce(&mut Live) -> T) -> Result<T> {
+        let mut d = obj.data();
+        match d.live.as_mut() {
+            Some(l) => Ok(f(l)),
+            None => Err(Error::not_running()),
+        }
+    }
+
+    /// `virDomainShutdown`: asks the guest (Ctrl-Alt-Del through mconsole, so its init
+    /// runs its shutdown) and returns; the stop is reported when the process exits.
+    pub async fn shutdown(&self, obj: &Arc<DomainObj>) -> Result<()> {
+        let _job = obj.begin_job().await?;
+        let mc = self.require_live(obj, |l| {
+            l.intent = Some(StopIntent::Shutdown);
+            l.guest.mconsole()
+        })?;
+        mc.cad().await.map_err(backend_error)
+    }
+
+    /// `virDomainReboot`: the guest shuts down cleanly and the daemon boots it again,
+    /// keeping its id.
+    pub async fn reboot(&self, obj: &Arc<DomainObj>) -> Result<()> {
+        let _job = obj.begin_job().await?;
+        let mc = self.require_live(obj, |l| {
+            l.intent = Some(StopIntent::Reboot);
+            l.guest.mconsole()
+        })?;
+        mc.cad().await.map_err(backend_error)
+    }
+
+    pub async fn suspend(&self, obj: &Arc<DomainObj>) -> Result<()> {
+        let _job = obj.begin_job().await?;
+        let (mc, state) = self
+            .require_live(obj, |l| l.guest.mconsole())
+            .map(|mc| (mc, obj.data().state))?;
+        if state.state == st::PAUSED {
+            return Ok(());
+        }
+        mc.stop().await.map_err(backend_error)?;
+        obj.data().state = StateReason::new(st::PAUSED, paused::USER);
+        self.save_status(obj);
+        self.emit_lifecycle(obj, event::SUSPENDED, event::SUSPENDED_PAUSED);
+        Ok(())
+    }
+
+    pub async fn resume(&self, obj: &Arc<DomainObj>) -> Result<()> {
+        let _job = obj.begin_job().await?;
+        let mc = self.require_live(obj, |l| l.guest.mconsole())?;
+        if obj.data().state.state != st::PAUSED {
+            return Err(Error::new(code::OPERATION_INVALID, "domain is not paused"));
+        }
+        mc.go().await.map_err(backend_error)?;
+        obj.data().state = StateReason::new(st::RUNNING, running::UNPAUSED);
+        self.save_status(obj);
+        self.emit_lifecycle(obj, event::RESUMED, event::RESUMED_UNPAUSED);
+        Ok(())
+    }
+
+    /// `virDomainDestroyFlags`: SIGTERM to the whole process tree, SIGKILL after a grace
+    /// period (never with `graceful`), everything reaped before returning.
+    pub async fn destroy(&self, obj: &Arc<DomainObj>, graceful: bool) -> Result<()> {
+        let _job = obj.begin_job().await?;
+        let guest = self.require_live(obj, |l| {
+            l.intent = Some(StopIntent::Destroy);
+            l.guest.clone()
+        })?;
+        if graceful {
+            guest.signal_group(nix::sys::signal::Signal::SIGTERM);
+            if tokio::time::timeout(GRACEFUL_WAIT, guest.wait_exit())
+                .await
+                .is_err()
+            {
+                return Err(Error::new(
+                    code::OPERATION_FAILED,
+                    "the guest did not stop on SIGTERM",
+                ));
+            }
+        }
+        guest.kill(DESTROY_GRACE).await.map_err(backend_error)?;
+        self.finish_stop(obj, shutoff::DESTROYED, event::STOPPED_DESTROYED);
+        Ok(())
+    }
+
+    /// Marks a domain shut off after its process is gone: pumps stopped, status removed,
+    /// a transient domain dropped, the STOPPED event sent.
+    fn finish_stop(&self, obj: &Arc<DomainObj>, reason: i32, detail: i32) {
+        let transient = {
+            let mut d = obj.data();
+            if let Some(l) = d.live.take() {
+                for (_, p) in &l.pumps {
+                    p.stop();
+                }
+            }
+            d.state = StateReason::new(st::SHUTOFF, reason);
+            d.config.is_none()
+        };
+        let _ = persist::remove(&self.status_path(&obj.name));
+        self.emit_lifecycle(obj, event::STOPPED, detail);
+        if transient {
+            self.remove(obj);
+        }
+    }
+
+    /// The watcher's verdict on a guest process that ended.
+    async fn on_exit(&self, obj: &Arc<DomainObj>, generation: u64, info: process::ExitInfo) {
+        let Ok(_job) = obj.begin_job().await else {
+            return;
+        };
+        let (guest, intent, tail, def) = {
+            let d = obj.data();
+            let Some(l) = d.live.as_ref().filter(|l| l.generation == generation) else {
+                return; // destroy (or a restart) already handled this process
+            };
+            let tail = l.pumps.first().map(|(_, p)| p.tail()).unwrap_or_default();
+            (l.guest.clone(), l.intent, tail, l.def.clone())
+        };
+        // The main process is gone; its helpers may not be.
+        if let Err(e) = guest.kill(Duration::from_secs(2)).await {
+            tracing::error!(domain = %obj.name, "cleaning up the guest's processes: {e}");
+        }
+        let reason = process::classify_exit(&info, &tail);
+        tracing::info!(domain = %obj.name, %info, ?reason, ?intent, "guest process ended");
+        let (action, stop_reason, detail) = match (intent, reason) {
+            (Some(StopIntent::Destroy), _) => (
+                LifecycleAction::Destroy,
+                shutoff::DESTROYED,
+                event::STOPPED_DESTROYED,
+            ),
+            (Some(StopIntent::Reboot), _) => (
+                LifecycleAction::Restart,
+                shutoff::SHUTDOWN,
+                event::STOPPED_SHUTDOWN,
+            ),
+            (Some(StopIntent::Shutdown), _) => {
+                (def.on_poweroff, shutoff::SHUTDOWN, event::STOPPED_SHUTDOWN)
+            }
+            (None, ExitReason::Reboot) => {
+                (def.on_reboot, shutoff::SHUTDOWN, event::STOPPED_SHUTDOWN)
+            }
+            (None, ExitReason::Crash) => (def.on_crash, shutoff::CRASHED, event::STOPPED_CRASHED),
+            (None, ExitReason::Poweroff | ExitReason::Unknown) => {
+                (def.on_poweroff, shutoff::SHUTDOWN, event::STOPPED_SHUTDOWN)
+            }
+        };
+        if action == LifecycleAction::Restart && !obj.data().removed {
+            let id = obj.data().live.as_ref().map_or(-1, |l| l.id);
+            for (_, p) in obj
+                .data()
+                .live
+                .as_ref()
+                .map(|l| l.pumps.as_slice())
+                .unwrap_or(&[])
+            {
+                p.stop();
+            }
+            match self.launch(def, id).await {
+                Ok(live) => {
+                    self.install(obj, live, StateReason::new(st::RUNNING, running::BOOTED));
+                    self.emit(obj.dom_ref(), EventKind::Reboot);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(domain = %obj.name, "restarting the guest failed: {}", e.message);
+                    self.finish_stop(obj, shutoff::FAILED, event::STOPPED_FAILED);
+                    return;
+                }
+            }
+        }
+        self.finish_stop(obj, stop_reason, detail);
+    }
+
+    /// Start-up: load definitions, reattach to surviving guests, start autostart ones.
+    pub(super) async fn load(&self) {
+        let paths = self.0.paths.clone();
+        for dir in [&paths.domain_config_dir, &paths.domain_state_dir] {
+            persist::clean_temporaries(dir);
+        }
+        for (name, text) in xml_files(&paths.domain_config_dir) {
+            match domxml::parse(&text) {
+                Ok(def) if def.name == name => {
+                    let autostart = paths.autostart_dir.join(format!("{name}.xml")).exists();
+                    self.insert(Arc::new(DomainObj {
+                        name: def.name.clone(),
+                        uuid: def.uuid,
+                        job: tokio::sync::Mutex::new(()),
+                        data: std::sync::Mutex::new(Data {
+                            config: Some(Arc::new(def)),
+                            live: None,
+                            autostart,
+                            state: StateReason::new(st::SHUTOFF, shutoff::UNKNOWN),
+                            removed: false,
+                        }),
+                    }));
+                }
+                Ok(def) => tracing::error!(
+                    "ignoring {name}.xml: it defines a domain named '{}'",
+                    def.name
+                ),
+                Err(e) => tracing::error!("ignoring unreadable definition {name}.xml: {e}"),
+            }
+        }
+        let mut max_id = 0;
+        for (name, _) in xml_files(&paths.domain_state_dir) {
+            let path = self.status_path(&name);
+            match self.reattach(&name, Status::load(&path)).await {
+                Ok(id) => max_id = max_id.max(id),
+                Err(why) => {
+                    tracing::warn!(domain = %name, "guest did not survive the restart: {why}");
+                    let _ = persist::remove(&path);
+                    if let Ok(obj) = self.by_name(&name) {
+                        obj.data().state = StateReason::new(st::SHUTOFF, shutoff::UNKNOWN);
+                    }
+                }
+            }
+        }
+        self.0.next_id.store(max_id + 1, Ordering::Relaxed);
+        let driver = self.clone();
+        tokio::spawn(async move { driver.autostart_all().await });
+    }
+
+    async fn reattach(
+        &self,
+        name: &str,
+        status: Option<Status>,
+    ) -> std::result::Result<i32, String> {
+        let status = status.ok_or("unreadable status file")?;
+        let def = Arc::new(domxml::parse(&status.xml).map_err(|e| e.to_string())?);
+        let devices: Vec<String> = def
+            .console_aliases()
+            .into_iter()
+            .filter(|a| def.char_dev(a).is_some_and(|c| c.uml_channel() == "pts"))
+            .map(|a| a.uml_device)
+            .collect();
+        let guest = process::reattach(
+            status.pid,
+            status.start_time,
+            &status.umid,
+            &self.0.paths.uml_dir,
+            &devices,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let obj = match self.by_name(name) {
+            Ok(o) => o,
+            Err(_) => {
+                let o = Arc::new(DomainObj {
+                    name: def.name.clone(),
+                    uuid: def.uuid,
+                    job: tokio::sync::Mutex::new(()),
+                    data: std::sync::Mutex::new(Data {
+                        config: None,
+                        live: None,
+                        autostart: false,
+                        state: StateReason::new(st::SHUTOFF, shutoff::UNKNOWN),
+                        removed: false,
+                    }),
+                });
+                self.insert(o.clone());
+                o
+            }
+        };
+        let pumps = start_pumps(&def, &guest, true);
+        let live = Live {
+            def,
+            id: status.id,
+            guest,
+            pumps,
+            intent: None,
+            generation: self.0.next_generation.fetch_add(1, Ordering::Relaxed),
+        };
+        tracing::info!(domain = %name, id = status.id, "reattached to running guest");
+        self.install(&obj, live, status.state);
+        Ok(status.id)
+    }
+
+    async fn autostart_all(&self) {
+        for obj in self.all() {
+            let want = {
+                let d = obj.data();
+                d.autostart && d.live.is_none()
+            };
+            if want {
+                match self.create(&obj, false).await {
+                    Ok(()) => tracing::info!(domain = %obj.name, "autostarted"),
+                    Err(e) => {
+                        tracing::error!(domain = %obj.name, "autostart failed: {}", e.message)
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(s.rsplit_once(')')?.1.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Pumps every pty line whose host pty is known. `reattached`: never truncate logs.
+fn start_pumps(
+    def: &DomainDef,
+    guest: &process::Guest,
+    reattached: bool,
+) -> Vec<(String, Arc<console::ConsolePump>)> {
+    let mut pumps = Vec::new();
+    for alias in def.console_aliases() {
+        let Some(dev) = def.char_dev(&alias) else {
+            continue;
+        };
+        let Some(pty) = guest.pty(&alias.uml_device) else {
+            continue;
+        };
+        let log = match (&dev.kind, &dev.log) {
+            (_, Some(l)) => Some(ConsoleLog {
+                path: l.file.clone(),
+                append: l.append || reattached,
+            }),
+            (CharKind::File(p), None) => Some(ConsoleLog {
+                path: p.clone(),
+                append: reattached,
+            }),
+            _ => None,
+        };
+        match console::start(pty.to_path_buf(), log) {
+            Ok(p) => pumps.push((alias.alias.clone(), Arc::new(p))),
+            Err(e) => {
+                tracing::error!(line = %alias.alias, "cannot pump console {}: {e}", pty.display())
+            }
+        }
+    }
+    pumps
+}
+
+/// `(stem, content)` of every `*.xml` file in `dir`.
+fn xml_files(dir: &std::path::Path) -> Vec<(String, String)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".xml") else {
+            continue;
+        };
+        if stem.starts_with('.') || !e.path().is_file() {
+            continue;
+        }
+        match std::fs::read_to_string(e.path()) {
+            Ok(text) => out.push((stem.to_string(), text)),
+            Err(err) => tracing::error!("cannot read {}: {err}", e.path().display()),
+        }
+    }
+    out.sort();
+    out
+}

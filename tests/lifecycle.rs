@@ -1,0 +1,350 @@
+//! Real UML guests driven by the stock virsh and python3-libvirt: define, start, list,
+//! dominfo, dumpxml, suspend/resume, reboot, shutdown, destroy, autostart, memory,
+//! undefine, transient guests, concurrent jobs, daemon kill -9 and restart, and events.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{guest_image, guest_leaders, guest_pids, guest_xml, python_ok, wait_until, Daemon};
+
+fn out(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn state(d: &Daemon, name: &str) -> String {
+    d.virsh_ok(&["domstate", name, "--reason"])
+        .trim()
+        .to_string()
+}
+
+fn wait_state(d: &Daemon, name: &str, want: &str, secs: u64) {
+    let ok = wait_until(Duration::from_secs(secs), || state(d, name) == want);
+    assert!(
+        ok,
+        "{name} never reached '{want}' (now '{}')\n{}",
+        state(d, name),
+        support::tail(&d.log(), 30)
+    );
+}
+
+fn define(d: &Daemon, name: &str) {
+    let img = guest_image(d.root.path(), name);
+    let xml = d.root.path().join(format!("{name}.xml"));
+    std::fs::write(&xml, guest_xml(name, &img)).unwrap();
+    d.virsh_ok(&["define", &xml.display().to_string()]);
+}
+
+#[test]
+fn walk_every_lifecycle_command() {
+    let d = Daemon::start();
+    define(&d, "walk");
+    assert!(d.virsh_ok(&["list", "--all"]).contains("walk"));
+    assert_eq!(state(&d, "walk"), "shut off (unknown)");
+    let info = d.virsh_ok(&["dominfo", "walk"]);
+    assert!(info.contains("OS Type:        uml"), "{info}");
+    assert!(info.contains("Max memory:     65536 KiB"), "{info}");
+    assert!(info.contains("Persistent:     yes"), "{info}");
+
+    d.virsh_ok(&["start", "walk"]);
+    assert_eq!(state(&d, "walk"), "running (booted)");
+    let id = d.virsh_ok(&["domid", "walk"]).trim().to_string();
+    assert!(id.parse::<i32>().unwrap() > 0, "{id}");
+    assert!(d.virsh_ok(&["list"]).contains("walk"));
+    let xml = d.virsh_ok(&["dumpxml", "walk"]);
+    assert!(
+        xml.contains(&format!("<domain type='uml' id='{id}'>")),
+        "{xml}"
+    );
+    assert!(xml.contains("<source path='/dev/pts/"), "{xml}");
+    assert!(xml.contains("<alias name='console0'/>"), "{xml}");
+    let inactive = d.virsh_ok(&["dumpxml", "--inactive", "walk"]);
+    assert!(
+        !inactive.contains("id='") && !inactive.contains("/dev/pts/"),
+        "{inactive}"
+    );
+    assert!(!guest_pids(d.root.path()).is_empty());
+
+    d.virsh_ok(&["suspend", "walk"]);
+    assert_eq!(state(&d, "walk"), "paused (user)");
+    d.virsh_ok(&["resume", "walk"]);
+    assert_eq!(state(&d, "walk"), "running (unpaused)");
+
+    // Reboot: the guest shuts down cleanly and comes back with the same id.
+    let before = guest_leaders(d.root.path());
+    d.virsh_ok(&["reboot", "walk"]);
+    let rebooted = wait_until(Duration::from_secs(30), || {
+        let now = guest_leaders(d.root.path());
+        !now.is_empty()
+            && now.iter().all(|p| !before.contains(p))
+            && state(&d, "walk") == "running (booted)"
+    });
+    assert!(
+        rebooted,
+        "guest did not reboot\n{}",
+        support::tail(&d.log(), 30)
+    );
+    assert_eq!(d.virsh_ok(&["domid", "walk"]).trim(), id);
+
+    // Live memory changes are refused clearly; persistent ones are saved.
+    let o = d.virsh(&["setmem", "walk", "48M"]);
+    assert!(!o.status.success());
+    assert!(out(&o).contains("cannot change its memory"), "{}", out(&o));
+    d.virsh_ok(&["setmem", "walk", "48M", "--config"]);
+    assert!(d
+        .virsh_ok(&["dumpxml", "--inactive", "walk"])
+        .contains("<currentMemory unit='KiB'>49152</currentMemory>"));
+
+    d.virsh_ok(&["shutdown", "walk"]);
+    wait_state(&d, "walk", "shut off (shutdown)", 30);
+    assert!(wait_until(Duration::from_secs(5), || guest_pids(
+        d.root.path()
+    )
+    .is_empty()));
+
+    d.virsh_ok(&["start", "walk"]);
+    let second = d.virsh_ok(&["domid", "walk"]).trim().to_string();
+    assert_ne!(second, id, "a new start gets a new id");
+    d.virsh_ok(&["destroy", "walk"]);
+    assert_eq!(state(&d, "walk"), "shut off (destroyed)");
+    assert!(
+        guest_pids(d.root.path()).is_empty(),
+        "destroy leaves no process behind"
+    );
+    // The next start on the same image works (no lingering disk lock).
+    d.virsh_ok(&["start", "walk"]);
+    d.virsh_ok(&["destroy", "walk"]);
+
+    d.virsh_ok(&["autostart", "walk"]);
+    assert!(d
+        .virsh_ok(&["dominfo", "walk"])
+        .contains("Autostart:      enable"));
+    assert!(d
+        .root
+        .path()
+        .join("etc/libvirt/uml/autostart/walk.xml")
+        .exists());
+    d.virsh_ok(&["autostart", "--disable", "walk"]);
+    assert!(d
+        .virsh_ok(&["dominfo", "walk"])
+        .contains("Autostart:      disable"));
+
+    d.virsh_ok(&["undefine", "walk"]);
+    assert!(!d.virsh_ok(&["list", "--all"]).contains("walk"));
+    assert!(!d.root.path().join("etc/libvirt/uml/walk.xml").exists());
+    let o = d.virsh(&["dominfo", "walk"]);
+    assert!(
+        out(&o).contains("failed to get domain 'walk'"),
+        "{}",
+        out(&o)
+    );
+}
+
+#[test]
+fn seed_xml_defines_unchanged_and_bad_xml_is_refused() {
+    let d = Daemon::start();
+    let seed = "<domain type='uml'>
+  <name>demo</name>
+  <uuid>b4433fc2-a22e-ffb3-0a3d-9c173b395800</uuid>
+  <memory>500000</memory>
+  <currentMemory>500000</currentMemory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64'>uml</type>
+    <kernel>/home/berrange/linux-uml-2.6.26-x86_64</kernel>
+  </os>
+  <devices>
+    <disk type='file' device='disk'>
+      <source file='/home/berrange/FedoraCore6-AMD64-root_fs'/>
+      <target dev='ubd0' bus='uml'/>
+    </disk>
+    <console type='pty'/>
+  </devices>
+</domain>
+";
+    let f = d.root.path().join("seed.xml");
+    std::fs::write(&f, seed).unwrap();
+    let p = f.display().to_string();
+    d.virsh_ok(&["define", &p]);
+    assert!(d
+        .virsh_ok(&["domuuid", "demo"])
+        .contains("b4433fc2-a22e-ffb3-0a3d-9c173b395800"));
+    // Its kernel does not exist here: start fails clearly and nothing is left running.
+    let o = d.virsh(&["start", "demo"]);
+    assert!(!o.status.success());
+    assert!(out(&o).contains("linux-uml-2.6.26-x86_64"), "{}", out(&o));
+    assert_eq!(state(&d, "demo"), "shut off (unknown)");
+
+    // The same name with another uuid clashes.
+    std::fs::write(&f, seed.replace("b4433fc2", "c4433fc2")).unwrap();
+    let o = d.virsh(&["define", &p]);
+    assert!(out(&o).contains("already exists"), "{}", out(&o));
+    for (bad, expect) in [
+        ("<domain type='uml'><name>x</name>", "(domain_definition):1"),
+        (
+            "<domain type='kvm'><name>x</name><memory>1</memory><os><type>hvm</type></os></domain>",
+            "error",
+        ),
+        (
+            &seed.replace(
+                "<console type='pty'/>",
+                "<interface type='network'><source network='default'/></interface>",
+            ),
+            "unsupported configuration",
+        ),
+        (
+            &seed.replace("<vcpu>1</vcpu>", "<vcpu>2</vcpu>"),
+            "uniprocessor",
+        ),
+        (
+            &seed.replace("<name>demo</name>", "<name>../etc</name>"),
+            "name",
+        ),
+    ] {
+        std::fs::write(&f, bad).unwrap();
+        let o = d.virsh(&["define", &p]);
+        assert!(!o.status.success(), "{bad}");
+        assert!(out(&o).contains(expect), "{bad}: {}", out(&o));
+    }
+    // None of that touched the saved definition.
+    let saved = std::fs::read_to_string(d.root.path().join("etc/libvirt/uml/demo.xml")).unwrap();
+    assert!(
+        saved.contains("b4433fc2-a22e-ffb3-0a3d-9c173b395800"),
+        "{saved}"
+    );
+}
+
+#[test]
+fn transient_guests_vanish_when_stopped() {
+    let d = Daemon::start();
+    let img = guest_image(d.root.path(), "tr");
+    let xml = d.root.path().join("tr.xml");
+    std::fs::write(&xml, guest_xml("tr", &img)).unwrap();
+    d.virsh_ok(&["create", &xml.display().to_string()]);
+    assert_eq!(state(&d, "tr"), "running (booted)");
+    assert!(d
+        .virsh_ok(&["dominfo", "tr"])
+        .contains("Persistent:     no"));
+    d.virsh_ok(&["destroy", "tr"]);
+    assert!(!d.virsh_ok(&["list", "--all"]).contains("tr"));
+}
+
+#[test]
+fn concurrent_jobs_on_one_guest_get_one_result_each() {
+    let d = Daemon::start();
+    define(&d, "race");
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| d.virsh(&["start", "race"]));
+        let b = s.spawn(|| d.virsh(&["start", "race"]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(
+        a.status.success() != b.status.success(),
+        "{}\n{}",
+        out(&a),
+        out(&b)
+    );
+    let failed = if a.status.success() { &b } else { &a };
+    assert!(out(failed).contains("already running"), "{}", out(failed));
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| d.virsh(&["destroy", "race"]));
+        let b = s.spawn(|| d.virsh(&["destroy", "race"]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(
+        a.status.success() != b.status.success(),
+        "{}\n{}",
+        out(&a),
+        out(&b)
+    );
+    assert!(guest_pids(d.root.path()).is_empty());
+}
+
+#[test]
+fn daemon_kill9_and_restart_keeps_the_guest() {
+    let mut d = Daemon::start();
+    define(&d, "keep");
+    d.virsh_ok(&["start", "keep"]);
+    let id = d.virsh_ok(&["domid", "keep"]).trim().to_string();
+    let pids = guest_leaders(d.root.path());
+    d.kill9();
+    assert_eq!(
+        guest_leaders(d.root.path()),
+        pids,
+        "the guest outlives the daemon"
+    );
+    d.spawn();
+    assert_eq!(state(&d, "keep"), "running (booted)");
+    assert_eq!(d.virsh_ok(&["domid", "keep"]).trim(), id);
+    // SIGTERM leaves it running too.
+    assert!(d.stop());
+    assert_eq!(guest_leaders(d.root.path()), pids);
+    d.spawn();
+    d.virsh_ok(&["suspend", "keep"]);
+    d.virsh_ok(&["resume", "keep"]);
+    // A guest that dies while the daemon is down is reported shut off.
+    d.kill9();
+    support::kill_guests(d.root.path());
+    assert!(wait_until(Duration::from_secs(5), || guest_pids(
+        d.root.path()
+    )
+    .is_empty()));
+    d.spawn();
+    assert_eq!(state(&d, "keep"), "shut off (unknown)");
+    // Autostart brings it back when the daemon starts.
+    d.virsh_ok(&["autostart", "keep"]);
+    assert!(d.stop());
+    d.spawn();
+    wait_state(&d, "keep", "running (booted)", 30);
+}
+
+#[test]
+fn python_receives_lifecycle_events_in_order() {
+    let d = Daemon::start();
+    let img = guest_image(d.root.path(), "ev");
+    let script = format!(
+        r#"
+import libvirt, os, threading, time
+libvirt.virEventRegisterDefaultImpl()
+seen = []
+def loop():
+    while True:
+        libvirt.virEventRunDefaultImpl()
+threading.Thread(target=loop, daemon=True).start()
+c = libvirt.open(os.environ["URI"])
+def cb(conn, dom, event, detail, opaque):
+    seen.append((dom.name(), event, detail))
+def rb(conn, dom, opaque):
+    seen.append((dom.name(), "reboot"))
+c.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, cb, None)
+c.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, rb, None)
+other = libvirt.open(os.environ["URI"])
+dom = other.defineXML(open("{xml}").read())
+dom.create()
+dom.suspend()
+dom.resume()
+dom.reboot()
+deadline = time.time() + 30
+while ("ev", "reboot") not in seen and time.time() < deadline:
+    time.sleep(0.1)
+dom.destroy()
+dom.undefine()
+deadline = time.time() + 10
+while len(seen) < 7 and time.time() < deadline:
+    time.sleep(0.1)
+print(seen)
+"#,
+        xml = {
+            let p = d.root.path().join("ev.xml");
+            std::fs::write(&p, guest_xml("ev", &img)).unwrap();
+            p.display().to_string()
+        }
+    );
+    let printed = python_ok(&d.tcp_uri(), &script);
+    let expected = "[('ev', 0, 0), ('ev', 2, 0), ('ev', 3, 0), ('ev', 4, 0), ('ev', 'reboot'), ('ev', 5, 1), ('ev', 1, 0)]";
+    assert_eq!(printed.trim(), expected);
+}
