@@ -14,7 +14,7 @@ mod status;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicI32;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -160,8 +160,12 @@ impl DomainObj {
     }
 }
 
+/// Who holds each console line: `(domain uuid, alias)` → (session token, revoke signal).
+type ConsoleHolders = HashMap<([u8; 16], String), (u64, tokio::sync::watch::Sender<bool>)>;
+
 struct Shared {
     paths: Paths,
+    consoles: Mutex<ConsoleHolders>,
     domains: RwLock<HashMap<[u8; 16], Arc<DomainObj>>>,
     next_id: AtomicI32,
     events: broadcast::Sender<DomainEvent>,
@@ -226,6 +230,7 @@ impl Driver {
             next_id: AtomicI32::new(1),
             events,
             next_generation: std::sync::atomic::AtomicU64::new(1),
+            consoles: Mutex::new(HashMap::new()),
         }));
         d.load().await;
         d
@@ -406,15 +411,72 @@ impl Driver {
         obj.data().autostart
     }
 
-    /// The console pump behind a line of a running guest, by libvirt alias.
-    pub fn console(&self, obj: &DomainObj, alias: &str) -> Option<Arc<ConsolePump>> {
-        let d = obj.data();
-        d.live
-            .as_ref()?
-            .pumps
-            .iter()
-            .find(|(a, _)| a == alias)
-            .map(|(_, p)| p.clone())
+    /// Takes a console line of a running guest for one client session: the line named by
+    /// `dev_name` (an alias such as `console0` or `serial1`), else the first console. With
+    /// `force` an existing session is revoked; without it, it is an error.
+    pub fn claim_console(
+        &self,
+        obj: &DomainObj,
+        dev_name: Option<&str>,
+        force: bool,
+    ) -> Result<(Arc<ConsolePump>, ConsoleClaim)> {
+        let pump = {
+            let d = obj.data();
+            let live = d.live.as_ref().ok_or_else(Error::not_running)?;
+            let alias = live.def.find_console(dev_name).ok_or_else(|| {
+                Error::new(
+                    code::INTERNAL_ERROR,
+                    format!(
+                        "cannot find character device {}",
+                        dev_name.unwrap_or("<null>")
+                    ),
+                )
+            })?;
+            let dev = live.def.char_dev(&alias);
+            if !matches!(dev.map(|c| &c.kind), Some(domxml::CharKind::Pty)) {
+                return Err(Error::new(
+                    code::OPERATION_UNSUPPORTED,
+                    format!("character device {} is not using a PTY", alias.alias),
+                ));
+            }
+            live.pumps
+                .iter()
+                .find(|(a, _)| *a == alias.alias)
+                .map(|(a, p)| (a.clone(), p.clone()))
+                .ok_or_else(|| {
+                    Error::new(
+                        code::OPERATION_FAILED,
+                        format!(
+                            "character device {} has no pty yet (the guest has not opened it)",
+                            alias.alias
+                        ),
+                    )
+                })?
+        };
+        let (alias, pump) = pump;
+        let key = (obj.uuid, alias);
+        let mut holders = self.0.consoles.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, revoke)) = holders.get(&key) {
+            if !force {
+                return Err(Error::new(
+                    code::OPERATION_FAILED,
+                    "Active console session exists for this domain",
+                ));
+            }
+            let _ = revoke.send(true);
+        }
+        let token = self.0.next_generation.fetch_add(1, Ordering::Relaxed);
+        let (tx, revoked) = tokio::sync::watch::channel(false);
+        holders.insert(key.clone(), (token, tx));
+        Ok((
+            pump,
+            ConsoleClaim {
+                driver: self.clone(),
+                key,
+                token,
+                revoked,
+            },
+        ))
     }
 
     // ---- definitions ---------------------------------------------------------------
@@ -656,6 +718,32 @@ impl Driver {
         self.save_config(&def)?;
         obj.data().config = Some(Arc::new(def));
         Ok(())
+    }
+}
+
+/// A console session's hold on its line; dropping it frees the line.
+pub struct ConsoleClaim {
+    driver: Driver,
+    key: ([u8; 16], String),
+    token: u64,
+    /// Becomes true when another client takes the line over with `--force`.
+    pub revoked: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Drop for ConsoleClaim {
+    fn drop(&mut self) {
+        let mut holders = self
+            .driver
+            .0
+            .consoles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if holders
+            .get(&self.key)
+            .is_some_and(|(t, _)| *t == self.token)
+        {
+            holders.remove(&self.key);
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 #![allow(clippy::result_large_err)]
 
 mod connect;
+mod console;
 mod domain;
 pub mod events;
 pub mod wire_error;
@@ -31,6 +32,8 @@ pub struct Ctx<'a> {
     pub daemon: &'a Arc<Daemon>,
     pub client: &'a Arc<Client>,
     pub info: &'static ProcInfo,
+    /// The call's serial: stream procedures send their data under it.
+    pub serial: u32,
 }
 
 pub type Reply<T> = Result<T, RemoteError>;
@@ -57,6 +60,7 @@ pub async fn dispatch(
                 daemon,
                 client,
                 info,
+                serial: header.serial,
             };
             call(&ctx, header.procedure, &payload).await
         }
@@ -226,6 +230,7 @@ async fn call(ctx: &Ctx<'_>, number: i32, payload: &[u8]) -> Reply<BytesMut> {
         p::CONNECT_DOMAIN_EVENT_DEREGISTER_ANY => {
             run(payload, |a| ev::deregister_any(ctx, a)).await
         }
+        p::DOMAIN_OPEN_CONSOLE => run(payload, |a| console::open_console(ctx, ctx.serial, a)).await,
         _ => Err(err::no_support(ctx.info)),
     }
 }

@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use bytes::BytesMut;
 use tokio::sync::{mpsc, Notify};
 
+use super::stream::Streams;
+
 /// How the client reached the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
@@ -38,6 +40,7 @@ pub struct Client {
     pub keepalive_changed: Notify,
     /// Asks the connection loop to close the connection.
     pub close_requested: Notify,
+    pub streams: Streams,
 }
 
 impl Client {
@@ -52,6 +55,7 @@ impl Client {
             keepalive: AtomicBool::new(false),
             keepalive_changed: Notify::new(),
             close_requested: Notify::new(),
+            streams: Streams::default(),
         }
     }
 

@@ -21,6 +21,7 @@ use virtumld_protocol::limits::{MESSAGE_HEADER_LEN, MESSAGE_INITIAL, MESSAGE_MAX
 use crate::daemon::Daemon;
 use crate::remote;
 use crate::rpc::client::{Client, Transport};
+use crate::rpc::stream;
 
 /// Outgoing messages queued per connection before callers wait: bounds what a client that
 /// does not read can make the daemon hold.
@@ -125,6 +126,7 @@ pub async fn serve<R, W>(
 
         // Let in-flight calls finish and queue their replies, then close the writer.
         let _ = inflight.acquire_many(max_requests as u32).await;
+        client.streams.clear();
         remote::disconnected(&daemon, &client);
         drop(client);
         let _ = writer_task.await;
@@ -211,6 +213,8 @@ async fn on_message(
                     let payload = msg.slice(MESSAGE_HEADER_LEN..);
                     let reply = remote::dispatch(&daemon, &client, &header, payload).await;
                     client.send(reply).await;
+                    // A stream the call opened may send once its reply is on its way.
+                    client.streams.activate(header.serial);
                     drop(permit);
                 }
                 .instrument(span),
@@ -218,11 +222,7 @@ async fn on_message(
             true
         }
         MessageType::STREAM => {
-            // Stream data is not acknowledged; packets for streams that are gone are dropped.
-            debug!(
-                serial = header.serial,
-                "ignoring stream packet for no stream"
-            );
+            stream::route(client, &header, msg.slice(MESSAGE_HEADER_LEN..)).await;
             true
         }
         MessageType::CALL_WITH_FDS => {

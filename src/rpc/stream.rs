@@ -1,0 +1,188 @@
+//! libvirt streams over one connection: STREAM packets that reuse the serial of the call
+//! that opened them. Data is raw bytes with status CONTINUE (empty = end of data); the
+//! client finishes with an empty OK or aborts with ERROR, and the server confirms with an
+//! empty OK. One generic implementation for every stream procedure.
+//!
+//! Flow control: outgoing data waits for room in the connection's bounded queue, so a
+//! client that stops reading slows its own stream only; incoming data waits for the
+//! stream's consumer, which holds back reading this connection only.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+use virtumld_protocol::frame;
+use virtumld_protocol::header::{
+    Header, MessageType, Status, REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION,
+};
+
+use super::client::Client;
+
+/// Packets from the client waiting for the stream's consumer.
+const INBOUND_QUEUE: usize = 64;
+/// Largest data payload per packet (libvirt's legacy payload limit).
+pub const MAX_CHUNK: usize = 262_120;
+
+/// A packet the client sent on a stream.
+#[derive(Debug)]
+pub enum Inbound {
+    Data(Bytes),
+    /// Empty CONTINUE: the client has no more data.
+    Eof,
+    /// Empty OK: the client finished the stream.
+    Finish,
+    /// ERROR: the client aborted the stream.
+    Abort,
+}
+
+struct Slot {
+    tx: mpsc::Sender<Inbound>,
+    start: Option<oneshot::Sender<()>>,
+}
+
+/// The open streams of one connection, by serial.
+#[derive(Default)]
+pub struct Streams {
+    slots: Mutex<HashMap<u32, Slot>>,
+}
+
+impl Streams {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The sender for packets of stream `serial`, if it is open.
+    pub fn sender(&self, serial: u32) -> Option<mpsc::Sender<Inbound>> {
+        self.lock().get(&serial).map(|s| s.tx.clone())
+    }
+
+    /// Lets the stream send data: its call's reply has been queued.
+    pub fn activate(&self, serial: u32) {
+        if let Some(start) = self.lock().get_mut(&serial).and_then(|s| s.start.take()) {
+            let _ = start.send(());
+        }
+    }
+
+    fn remove(&self, serial: u32) {
+        self.lock().remove(&serial);
+    }
+
+    /// Drops every stream (the connection is gone): consumers see their inbound end.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+}
+
+/// The server's end of one stream.
+pub struct ServerStream {
+    client: Weak<Client>,
+    header: Header,
+    inbound: mpsc::Receiver<Inbound>,
+    started: Option<oneshot::Receiver<()>>,
+}
+
+/// Opens a stream on `serial` for the call being handled. Fails if one is already open.
+pub fn open(client: &Arc<Client>, procedure: i32, serial: u32) -> Option<ServerStream> {
+    let (tx, inbound) = mpsc::channel(INBOUND_QUEUE);
+    let (start, started) = oneshot::channel();
+    {
+        let mut slots = client.streams.lock();
+        if slots.contains_key(&serial) {
+            return None;
+        }
+        slots.insert(
+            serial,
+            Slot {
+                tx,
+                start: Some(start),
+            },
+        );
+    }
+    Some(ServerStream {
+        client: Arc::downgrade(client),
+        header: Header {
+            program: REMOTE_PROGRAM,
+            version: REMOTE_PROTOCOL_VERSION,
+            procedure,
+            kind: MessageType::STREAM,
+            serial,
+            status: Status::CONTINUE,
+        },
+        inbound,
+        started: Some(started),
+    })
+}
+
+impl ServerStream {
+    /// Waits until the reply of the opening call is queued; false if that never happens.
+    pub async fn started(&mut self) -> bool {
+        match self.started.take() {
+            Some(rx) => rx.await.is_ok(),
+            None => true,
+        }
+    }
+
+    async fn send(&self, status: Status, body: impl FnOnce(&mut BytesMut)) -> bool {
+        let Some(c) = self.client.upgrade() else {
+            return false;
+        };
+        let h = Header {
+            status,
+            ..self.header
+        };
+        c.send(frame::encode_with(&h, body)).await
+    }
+
+    /// Sends data (raw bytes, split into packets); false once the client is gone.
+    pub async fn send_data(&self, data: &[u8]) -> bool {
+        for chunk in data.chunks(MAX_CHUNK) {
+            if !self
+                .send(Status::CONTINUE, |o| o.extend_from_slice(chunk))
+                .await
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// End of data: an empty CONTINUE.
+    pub async fn send_eof(&self) -> bool {
+        self.send(Status::CONTINUE, |_| {}).await
+    }
+
+    /// Confirms the client's finish or abort: an empty OK.
+    pub async fn confirm(&self) -> bool {
+        self.send(Status::OK, |_| {}).await
+    }
+
+    /// The next packet from the client; None when the connection is gone.
+    pub async fn recv(&mut self) -> Option<Inbound> {
+        self.inbound.recv().await
+    }
+}
+
+impl Drop for ServerStream {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.upgrade() {
+            c.streams.remove(self.header.serial);
+        }
+    }
+}
+
+/// Routes a STREAM packet from the client to its stream; packets for streams that are
+/// gone are dropped (data is not acknowledged, so late packets are normal).
+pub async fn route(client: &Client, header: &Header, payload: Bytes) {
+    let Some(tx) = client.streams.sender(header.serial) else {
+        tracing::debug!(serial = header.serial, "stream packet for no stream");
+        return;
+    };
+    let packet = match header.status {
+        Status::CONTINUE if payload.is_empty() => Inbound::Eof,
+        Status::CONTINUE => Inbound::Data(payload),
+        Status::OK => Inbound::Finish,
+        _ => Inbound::Abort,
+    };
+    let _ = tx.send(packet).await;
+}
