@@ -1,52 +1,15 @@
-//! virtumld: a daemon that speaks libvirt's remote protocol and manages User Mode Linux guests.
-//!
-//! Layout (where to find things):
-//! - `cli`, `config`, `paths`: command line, libvirtd.conf-style file, where files live.
-//! - `server`: listeners, client limit, idle timeout, shutdown.
-//! - `rpc/`: the transport: `connection` (framing, keepalive, per-call tasks, writer),
-//!   `client` (per-connection state).
-//! - `remote/`: dispatch. `remote/mod.rs` holds the one `match` from procedure number to
-//!   handler; handlers live in one module per API area (`connect`, ...). A procedure
-//!   `REMOTE_PROC_X_Y` is handled by the function `x_y` of its area's module.
-//! - `host`: host facts (node info, capabilities).
-//! - The UML backend is the `virtumld-uml` crate (`uml/`); the wire types are the
-//!   `virtumld-protocol` crate (`protocol/`).
-
-mod cli;
-mod config;
-mod daemon;
-mod driver;
-mod host;
-mod paths;
-mod remote;
-mod rpc;
-mod server;
+//! The `virtumld` binary: command line, logging, runtime; the daemon itself is the library.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
-use crate::cli::Parsed;
-use crate::config::Config;
-use crate::daemon::Daemon;
-use crate::paths::{Mode, Paths};
-
-/// Escapes text for XML element content and attribute values.
-pub fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+use virtumld::cli::{self, Parsed};
+use virtumld::config::Config;
+use virtumld::daemon::Daemon;
+use virtumld::paths::{Mode, Paths};
+use virtumld::{driver, host, server};
 
 fn main() -> ExitCode {
     let opts = match cli::parse(std::env::args().skip(1)) {

@@ -153,3 +153,37 @@ c.close()
     );
     assert_eq!(out.trim(), "1");
 }
+
+/// `virsh -c uml:///system` as root with the default paths, in a private mount namespace
+/// (tmpfs over /run, /etc/libvirt and /var/log) so the host is untouched.
+#[test]
+fn default_system_paths_in_a_private_mount_namespace() {
+    let script = format!(
+        r#"set -e
+mount -t tmpfs tmpfs /run
+mkdir -p /etc/libvirt && mount -t tmpfs tmpfs /etc/libvirt
+mount -t tmpfs tmpfs /var/log
+{bin} --system 2>/run/virtumld.log &
+pid=$!
+for i in $(seq 100); do [ -S /run/libvirt/virtumld-sock ] && break; sleep 0.05; done
+virsh -q -c uml:///system hostname
+virsh -q -r -c uml:///system list --all
+echo "ro-socket: $(stat -c %a /run/libvirt/virtumld-sock-ro)"
+kill $pid; wait $pid
+echo "exit: $?"
+[ ! -e /run/libvirt/virtumld-sock ] && echo "socket removed"
+"#,
+        bin = env!("CARGO_BIN_EXE_virtumld")
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare (util-linux)");
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    let host = nix::unistd::gethostname().unwrap();
+    assert!(text.starts_with(&*host.to_string_lossy()), "{text}");
+    assert!(text.contains("ro-socket: 777"), "{text}");
+    assert!(text.contains("exit: 0"), "{text}");
+    assert!(text.contains("socket removed"), "{text}");
+}

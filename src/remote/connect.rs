@@ -88,10 +88,11 @@ fn require_open(ctx: &Ctx<'_>) -> Reply<()> {
 }
 
 /// Checks the name a client opens: `uml:///system` (system mode also takes `/session`, as
-/// the old UML driver did for root), `uml:///session` in session mode, or `""` for "the
-/// default". Query parameters and fragments are allowed; a host part is not.
+/// the old UML driver did for root), `uml:///session` in session mode, or `""` and `uml://`
+/// (what `uml+tcp://host` with no path sends) for "this daemon's default". Query
+/// parameters and fragments are allowed; a host part is not.
 pub fn uri_acceptable(name: &str, mode: Mode) -> bool {
-    if name.is_empty() {
+    if name.is_empty() || name == "uml://" {
         return true;
     }
     let Some(rest) = name.strip_prefix("uml://") else {
@@ -355,6 +356,7 @@ mod tests {
     fn uris() {
         for ok in [
             "",
+            "uml://",
             "uml:///system",
             "uml:///system?foo=bar#frag",
             "uml:///session",
@@ -363,7 +365,6 @@ mod tests {
         }
         for bad in [
             "qemu:///system",
-            "uml://",
             "uml://host/system",
             "uml:///other",
             "test:///default",

@@ -41,7 +41,11 @@ async fn real_uml_dying_early_reports_its_log() {
     let spec = spec(&image, "early", dir.path(), &["con0"], &["mem=100K"]);
     match process::launch(&spec).await {
         Err(Error::Startup {
-            failure: StartupFailure::Died(ExitInfo::Exited(1)),
+            failure:
+                StartupFailure::Died {
+                    exit: ExitInfo::Exited(1),
+                    ..
+                },
             log_tail,
             ..
         }) => assert!(log_tail.contains("Too few physical memory"), "{log_tail}"),
@@ -53,6 +57,46 @@ async fn real_uml_dying_early_reports_its_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_uml_panicking_during_boot_reports_the_panic() {
+    process::become_subreaper().expect("subreaper");
+    let dir = TestDir::new("panic");
+    let image = build_image(dir.path()).await;
+    // No init: the kernel panics at the end of boot. The pty grace for ssl0 keeps the
+    // start from completing before that (almost always: both outcomes are checked).
+    let spec = spec(
+        &image,
+        "bp",
+        dir.path(),
+        &["con0", "ssl0"],
+        &["ssl0=pts", "init=/nonexistent"],
+    );
+    match process::launch(&spec).await {
+        Err(Error::Startup {
+            failure: StartupFailure::Died { exit, panic },
+            ..
+        }) => {
+            assert_eq!(exit, ExitInfo::Signaled(6));
+            let panic = panic.expect("UML announces its panic on the notify socket");
+            assert!(
+                panic.contains("Requested init /nonexistent failed"),
+                "{panic}"
+            );
+        }
+        Ok(g) => {
+            let _guard = GuestGuard(g.pid);
+            eprintln!("note: the guest became ready before its init failed");
+            let exit = tokio::time::timeout(Duration::from_secs(15), g.wait_exit())
+                .await
+                .expect("exit");
+            assert_eq!(exit, ExitInfo::Signaled(6));
+            g.kill(Duration::from_secs(2)).await.unwrap();
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_no_zombies_soon().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn death_before_ready_carries_status_and_log() {
     process::become_subreaper().expect("subreaper");
     let dir = TestDir::new("died");
@@ -60,7 +104,11 @@ async fn death_before_ready_carries_status_and_log() {
     let err = process::launch(&spec).await.expect_err("must fail");
     match &err {
         Error::Startup {
-            failure: StartupFailure::Died(ExitInfo::Exited(3)),
+            failure:
+                StartupFailure::Died {
+                    exit: ExitInfo::Exited(3),
+                    panic: None,
+                },
             log_tail,
             ..
         } => assert!(log_tail.contains("boom-from-env"), "{log_tail}"),
@@ -101,6 +149,33 @@ async fn timeout_kills_the_whole_group() {
         .parse()
         .unwrap();
     assert!(group_processes(leader).is_empty(), "sleeps survived");
+    assert_no_zombies_soon().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_start_kills_the_guest() {
+    process::become_subreaper().expect("subreaper");
+    let dir = TestDir::new("cancel");
+    let pidfile = dir.path().join("leader.pid");
+    let script = format!("echo $$ > {}; sleep 30 & exec sleep 31", pidfile.display());
+    let spec = fake_spec(dir.path(), "c", &script);
+    // The caller gives up (e.g. its client went away) while launch waits for readiness.
+    let r = tokio::time::timeout(Duration::from_millis(500), process::launch(&spec)).await;
+    assert!(r.is_err(), "launch cannot have succeeded");
+    let leader: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let t0 = Instant::now();
+    while !group_processes(leader).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "cancelled guest survived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!spec.notify_socket.exists());
     assert_no_zombies_soon().await;
 }
 

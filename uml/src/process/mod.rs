@@ -88,7 +88,7 @@ impl std::fmt::Display for ExitInfo {
 /// What a guest's exit means (see the backend doc, §4.10).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitReason {
-    /// The guest powered itself off (`reboot: System halted` / `Power down`).
+    /// The guest powered itself off or halted (`reboot: System halted` / `Power down`).
     Poweroff,
     /// The guest rebooted and the kernel had `noreboot` (`reboot: Restarting system`).
     Reboot,
@@ -99,21 +99,42 @@ pub enum ExitReason {
     Unknown,
 }
 
-/// Classifies an exit from its status and the last console output (a few KiB are
-/// plenty). The last of the marker lines wins, since a guest can print several.
+/// Lines that tell how a guest ended, kernel lines first. The kernel prints its line a
+/// moment before UML exits, and when UML exits the host kernel hangs up the pty and
+/// discards whatever the console pump had not read yet, so that last line is sometimes
+/// lost. The lines init systems print earlier in their shutdown are the fallback.
+const EXIT_MARKERS: &[(&[u8], ExitReason)] = &[
+    (b"Kernel panic", ExitReason::Crash),
+    (b"reboot: Restarting system", ExitReason::Reboot),
+    (b"reboot: System halted", ExitReason::Poweroff),
+    (b"reboot: Power down", ExitReason::Poweroff),
+    // busybox init
+    (b"Requesting system reboot", ExitReason::Reboot),
+    (b"Requesting system poweroff", ExitReason::Poweroff),
+    (b"Requesting system halt", ExitReason::Poweroff),
+    // sysvinit (Debian's initscripts)
+    (b"Will now restart", ExitReason::Reboot),
+    (b"Will now halt", ExitReason::Poweroff),
+    (b"Will now power off", ExitReason::Poweroff),
+    // systemd (target descriptions, old and new)
+    (b"Reached target Reboot", ExitReason::Reboot),
+    (b"Reached target System Reboot", ExitReason::Reboot),
+    (b"Reached target Power-Off", ExitReason::Poweroff),
+    (b"Reached target System Power Off", ExitReason::Poweroff),
+    (b"Reached target Halt", ExitReason::Poweroff),
+    (b"Reached target System Halt", ExitReason::Poweroff),
+];
+
+/// Classifies an exit from its status and the last console output (the pump's
+/// [`tail`](crate::console::ConsolePump::tail), read after the pump has ended). The last
+/// marker line in the tail wins, since a guest can print several.
 pub fn classify_exit(info: &ExitInfo, console_tail: &[u8]) -> ExitReason {
     match *info {
         ExitInfo::Signaled(_) => return ExitReason::Crash,
         ExitInfo::Exited(c) if c != 0 => return ExitReason::Crash,
         _ => {}
     }
-    const MARKERS: [(&[u8], ExitReason); 4] = [
-        (b"Kernel panic", ExitReason::Crash),
-        (b"reboot: Restarting system", ExitReason::Reboot),
-        (b"reboot: System halted", ExitReason::Poweroff),
-        (b"reboot: Power down", ExitReason::Poweroff),
-    ];
-    MARKERS
+    EXIT_MARKERS
         .iter()
         .filter_map(|(m, r)| rfind(console_tail, m).map(|pos| (pos, *r)))
         .max_by_key(|(pos, _)| *pos)
@@ -130,8 +151,13 @@ fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// Why [`launch`] could not bring a guest up.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupFailure {
-    #[error("the process ended before mconsole came up ({0})")]
-    Died(ExitInfo),
+    #[error("the process ended before it was ready ({exit}){}", panic.as_ref().map(|p| format!("; kernel panic: {p}")).unwrap_or_default())]
+    Died {
+        exit: ExitInfo,
+        /// The message of a panic UML announced on the notify socket, if it did (the
+        /// console, where the panic is printed, is not read yet at this point).
+        panic: Option<String>,
+    },
     #[error("mconsole did not come up within {0:?}")]
     Timeout(Duration),
     #[error(
@@ -446,10 +472,13 @@ pub async fn launch(spec: &LaunchSpec) -> Result<Guest, Error> {
         exit: Some(child.exit),
     };
     tracing::debug!(pid = guest.pid, umid = %guest.umid, "guest spawned");
+    // If this future is dropped half-way, nobody would know the guest: kill it.
+    let mut cancel_guard = KillOnDrop(Some(guest.clone()));
 
     let deadline = Instant::now() + spec.ready_timeout;
     match wait_ready(&guest, &notify, spec, deadline).await {
         Ok(ptys) => {
+            cancel_guard.0 = None;
             guest.ptys = ptys;
             Ok(guest)
         }
@@ -457,11 +486,24 @@ pub async fn launch(spec: &LaunchSpec) -> Result<Guest, Error> {
             if let Err(e) = guest.kill(FAILED_START_GRACE).await {
                 tracing::error!(umid = %guest.umid, "cleaning up a failed start: {e}");
             }
+            cancel_guard.0 = None;
             Err(Error::Startup {
                 umid: spec.umid.clone(),
                 failure,
                 log_tail: read_log_tail(&spec.log_file, log_start),
             })
+        }
+    }
+}
+
+/// Kills a half-started guest's group when [`launch`] is cancelled.
+struct KillOnDrop(Option<Guest>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(g) = self.0.take() {
+            tracing::warn!(umid = %g.umid, pid = g.pid, "start cancelled, killing the guest");
+            g.signal_group(Signal::SIGKILL);
         }
     }
 }
@@ -474,7 +516,7 @@ async fn wait_ready(
 ) -> Result<Vec<(String, Option<PathBuf>)>, StartupFailure> {
     let announced = tokio::select! {
         r = notify.recv_mconsole_path() => r.map_err(StartupFailure::Notify)?,
-        info = guest.wait_exit() => return Err(StartupFailure::Died(info)),
+        exit = guest.wait_exit() => return Err(notify.died(exit)),
         _ = tokio::time::sleep_until(deadline) => {
             return Err(StartupFailure::Timeout(spec.ready_timeout))
         }
@@ -487,7 +529,7 @@ async fn wait_ready(
     }
     tokio::select! {
         r = discover_ptys(guest, &spec.pty_devices, deadline) => r.map_err(StartupFailure::Mconsole),
-        info = guest.wait_exit() => Err(StartupFailure::Died(info)),
+        exit = guest.wait_exit() => Err(notify.died(exit)),
         _ = tokio::time::sleep_until(deadline) => Err(StartupFailure::Timeout(spec.ready_timeout)),
     }
 }
@@ -845,6 +887,24 @@ impl NotifySocket {
     }
 }
 
+impl NotifySocket {
+    /// The failure for a guest that died during start, with the panic message UML may
+    /// have sent (it is still queued on the socket).
+    fn died(&self, exit: ExitInfo) -> StartupFailure {
+        let mut panic = None;
+        let mut buf = vec![0u8; mconsole::NOTIFY_HEADER + mconsole::MAX_DATA + 1];
+        while let Ok(n) = self.sock.try_recv(&mut buf) {
+            if let Ok(note) = mconsole::parse_notify(&buf[..n.min(buf.len())]) {
+                if note.kind == NotifyKind::Panic {
+                    let msg = String::from_utf8_lossy(&note.data).trim().to_owned();
+                    panic = Some(msg);
+                }
+            }
+        }
+        StartupFailure::Died { exit, panic }
+    }
+}
+
 impl Drop for NotifySocket {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
@@ -971,6 +1031,29 @@ mod tests {
         assert_eq!(
             classify_exit(&ExitInfo::Unknown, b"Kernel panic - not syncing: sysrq\n"),
             Crash
+        );
+        // When the kernel's own line was lost, init's announcement decides.
+        assert_eq!(
+            classify_exit(
+                &ok,
+                b"The system is going down NOW!\r\nRequesting system reboot\r\n"
+            ),
+            Reboot
+        );
+        assert_eq!(
+            classify_exit(&ok, b"\rRequesting system poweroff\r\n"),
+            Poweroff
+        );
+        assert_eq!(
+            classify_exit(&ok, b"[  OK  ] Reached target System Reboot.\r\n"),
+            Reboot
+        );
+        assert_eq!(
+            classify_exit(
+                &ok,
+                b"Requesting system poweroff\r\nreboot: System halted\r\n"
+            ),
+            Poweroff
         );
         // The last marker wins.
         assert_eq!(

@@ -1,0 +1,39 @@
+//! virtumld: a daemon that speaks libvirt's remote protocol and manages User Mode Linux guests.
+//!
+//! Layout (where to find things):
+//! - `cli`, `config`, `paths`: command line, libvirtd.conf-style file, where files live.
+//! - `server`: listeners, client limit, idle timeout, shutdown.
+//! - `rpc/`: the transport: `connection` (framing, keepalive, per-call tasks, writer),
+//!   `client` (per-connection state).
+//! - `remote/`: dispatch. `remote/mod.rs` holds the one `match` from procedure number to
+//!   handler; handlers live in one module per API area (`connect`, ...). A procedure
+//!   `REMOTE_PROC_X_Y` is handled by the function `x_y` of its area's module.
+//! - `host`: host facts (node info, capabilities).
+//! - The UML backend is the `virtumld-uml` crate (`uml/`); the wire types are the
+//!   `virtumld-protocol` crate (`protocol/`).
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod driver;
+pub mod host;
+pub mod paths;
+pub mod remote;
+pub mod rpc;
+pub mod server;
+
+/// Escapes text for XML element content and attribute values.
+pub fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
