@@ -348,3 +348,41 @@ print(seen)
     let expected = "[('ev', 0, 0), ('ev', 2, 0), ('ev', 3, 0), ('ev', 4, 0), ('ev', 'reboot'), ('ev', 5, 1), ('ev', 1, 0)]";
     assert_eq!(printed.trim(), expected);
 }
+
+#[test]
+fn pings_are_answered_while_a_start_runs_at_the_request_limit() {
+    use virtumld_protocol::header::{Status, KEEPALIVE_PROGRAM};
+    use virtumld_protocol::procedures::proc as p;
+    use virtumld_protocol::remote::{DomainCreateArgs, NonnullDomain};
+    use virtumld_protocol::xdr::FixedOpaque;
+
+    let d = Daemon::start_with("max_client_requests = 1\n");
+    define(&d, "slow");
+    let text = d.virsh_ok(&["domuuid", "slow"]);
+    let hex: String = text.trim().chars().filter(|c| *c != '-').collect();
+    let mut uuid = [0u8; 16];
+    for (i, b) in uuid.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    let mut raw = support::Raw::connect(d.port);
+    raw.open();
+    let dom = NonnullDomain {
+        name: "slow".into(),
+        uuid: FixedOpaque(uuid),
+        id: -1,
+    };
+    // The start occupies the only slot; a queued call and a PING follow it.
+    raw.call(p::DOMAIN_CREATE, 5, &DomainCreateArgs { dom });
+    raw.call(p::CONNECT_GET_HOSTNAME, 6, &());
+    raw.send(&support::ping());
+    let (first, _) = raw.reply().unwrap();
+    assert_eq!(
+        first.program, KEEPALIVE_PROGRAM,
+        "the PONG comes before the start's reply"
+    );
+    let (h, _) = raw.reply().unwrap();
+    assert_eq!((h.serial, h.status), (5, Status::OK));
+    let (h, _) = raw.reply().unwrap();
+    assert_eq!((h.serial, h.status), (6, Status::OK));
+    d.virsh_ok(&["destroy", "slow"]);
+}

@@ -6,23 +6,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Daemon, Raw};
+use support::{call_header, ping, Daemon, Raw};
 use virtumld_protocol::error::{code, RemoteError};
 use virtumld_protocol::frame;
-use virtumld_protocol::header::{Header, MessageType, Status, KEEPALIVE_PROGRAM, REMOTE_PROGRAM};
+use virtumld_protocol::header::{Header, MessageType, Status, KEEPALIVE_PROGRAM};
 use virtumld_protocol::procedures::proc as p;
 use virtumld_protocol::xdr::{self, Xdr};
-
-fn call_header(procedure: i32, serial: u32) -> Header {
-    Header {
-        program: REMOTE_PROGRAM,
-        version: 1,
-        procedure,
-        kind: MessageType::CALL,
-        serial,
-        status: Status::OK,
-    }
-}
 
 fn call<T: Xdr>(procedure: i32, serial: u32, args: &T) -> Vec<u8> {
     frame::encode(&call_header(procedure, serial), args).to_vec()
@@ -43,17 +32,8 @@ fn expect_error(raw: &mut Raw, serial: u32) -> RemoteError {
     xdr::from_bytes::<RemoteError>(&payload).expect("an error struct")
 }
 
-/// AUTH_LIST + CONNECT_OPEN("uml:///system").
 fn open(raw: &mut Raw) {
-    raw.send(&call(p::AUTH_LIST, 0, &()));
-    let (h, _) = parse(&raw.recv().unwrap());
-    assert_eq!(h.status, Status::OK);
-    raw.send(&frame::encode_with(&call_header(p::CONNECT_OPEN, 1), |o| {
-        Some("uml:///system".to_string()).encode(o);
-        0u32.encode(o);
-    }));
-    let (h, _) = parse(&raw.recv().unwrap());
-    assert_eq!(h.status, Status::OK, "open failed");
+    raw.open();
 }
 
 /// A canary: a fresh connection that gets the hostname.
@@ -156,15 +136,7 @@ fn keepalive_ping_is_answered_even_with_calls_in_flight() {
     let d = Daemon::start();
     let mut raw = Raw::connect(d.port);
     open(&mut raw);
-    let ping = Header {
-        program: KEEPALIVE_PROGRAM,
-        version: 1,
-        procedure: 1,
-        kind: MessageType::MESSAGE,
-        serial: 0,
-        status: Status::OK,
-    };
-    raw.send(&frame::encode(&ping, &()));
+    raw.send(&ping());
     let (h, payload) = parse(&raw.recv().unwrap());
     assert_eq!(
         (h.program, h.procedure, h.kind),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 use virtumld_protocol::error::{code, domain, RemoteError};
@@ -28,6 +28,35 @@ use crate::rpc::stream;
 const TX_QUEUE: usize = 64;
 /// Replies coalesced into one write when several are ready.
 const WRITE_BATCH: usize = 64 * 1024;
+/// Calls read while `max_client_requests` are in flight wait here, so the connection keeps
+/// reading (and answering keepalive PINGs) at its limit; past these bounds it stops
+/// reading until calls finish.
+const PENDING_CALLS_MAX: usize = 64;
+const PENDING_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Calls waiting for an in-flight slot, in arrival order.
+#[derive(Default)]
+struct Pending {
+    calls: std::collections::VecDeque<(Header, Bytes)>,
+    bytes: usize,
+}
+
+impl Pending {
+    fn full(&self) -> bool {
+        self.calls.len() >= PENDING_CALLS_MAX || self.bytes >= PENDING_BYTES_MAX
+    }
+
+    fn push(&mut self, h: Header, msg: Bytes) {
+        self.bytes += msg.len();
+        self.calls.push_back((h, msg));
+    }
+
+    fn pop(&mut self) -> Option<(Header, Bytes)> {
+        let c = self.calls.pop_front()?;
+        self.bytes -= c.1.len();
+        Some(c)
+    }
+}
 
 /// Serves one connection until the peer leaves, the daemon shuts down or the connection
 /// breaks a framing rule. In-flight calls finish before the writer closes.
@@ -61,10 +90,11 @@ pub async fn serve<R, W>(
         let mut pings_sent = 0u32;
         let mut ticker = tokio::time::interval(ka.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pending = Pending::default();
 
         'conn: loop {
             // Handle every whole message already buffered.
-            loop {
+            while !pending.full() {
                 let cap = if client.is_authenticated() {
                     MESSAGE_MAX
                 } else {
@@ -85,12 +115,20 @@ pub async fn serve<R, W>(
                     break;
                 }
                 let msg = buf.split_to(len).freeze();
-                if !on_message(&daemon, &client, &inflight, msg).await {
+                if !on_message(&daemon, &client, &inflight, &mut pending, msg).await {
                     break 'conn;
                 }
             }
             tokio::select! {
-                r = reader.read_buf(&mut buf) => match r {
+                permit = inflight.clone().acquire_owned(), if !pending.calls.is_empty() => {
+                    match (permit, pending.pop()) {
+                        (Ok(permit), Some((header, msg))) => {
+                            spawn_call(&daemon, &client, permit, header, msg)
+                        }
+                        _ => break,
+                    }
+                }
+                r = reader.read_buf(&mut buf), if !pending.full() => match r {
                     Ok(0) => {
                         if !buf.is_empty() {
                             debug!("peer closed mid-message ({} bytes pending)", buf.len());
@@ -157,6 +195,7 @@ async fn on_message(
     daemon: &Arc<Daemon>,
     client: &Arc<Client>,
     inflight: &Arc<Semaphore>,
+    pending: &mut Pending,
     msg: Bytes,
 ) -> bool {
     let header = match frame::split(&msg) {
@@ -198,27 +237,13 @@ async fn on_message(
                 );
                 return client.send(remote::error_reply(&header, &err)).await;
             }
-            let Ok(permit) = inflight.clone().acquire_owned().await else {
-                return false;
-            };
-            let daemon = daemon.clone();
-            let client = client.clone();
-            let span = tracing::debug_span!(
-                "call",
-                serial = header.serial,
-                proc = remote::procedure_name(header.procedure)
-            );
-            tokio::spawn(
-                async move {
-                    let payload = msg.slice(MESSAGE_HEADER_LEN..);
-                    let reply = remote::dispatch(&daemon, &client, &header, payload).await;
-                    client.send(reply).await;
-                    // A stream the call opened may send once its reply is on its way.
-                    client.streams.activate(header.serial);
-                    drop(permit);
+            // In order: behind calls already waiting, or at once when a slot is free.
+            match inflight.clone().try_acquire_owned() {
+                Ok(permit) if pending.calls.is_empty() => {
+                    spawn_call(daemon, client, permit, header, msg)
                 }
-                .instrument(span),
-            );
+                _ => pending.push(header, msg),
+            }
             true
         }
         MessageType::STREAM => {
@@ -242,6 +267,34 @@ async fn on_message(
                 .await
         }
     }
+}
+
+/// Runs one call as its own task; its reply is queued when it is done.
+fn spawn_call(
+    daemon: &Arc<Daemon>,
+    client: &Arc<Client>,
+    permit: OwnedSemaphorePermit,
+    header: Header,
+    msg: Bytes,
+) {
+    let daemon = daemon.clone();
+    let client = client.clone();
+    let span = tracing::debug_span!(
+        "call",
+        serial = header.serial,
+        proc = remote::procedure_name(header.procedure)
+    );
+    tokio::spawn(
+        async move {
+            let payload = msg.slice(MESSAGE_HEADER_LEN..);
+            let reply = remote::dispatch(&daemon, &client, &header, payload).await;
+            client.send(reply).await;
+            // A stream the call opened may send once its reply is on its way.
+            client.streams.activate(header.serial);
+            drop(permit);
+        }
+        .instrument(span),
+    );
 }
 
 fn keepalive_message(procedure: i32) -> BytesMut {

@@ -9,6 +9,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use virtumld_protocol::frame;
+use virtumld_protocol::header::{Header, MessageType, Status, KEEPALIVE_PROGRAM, REMOTE_PROGRAM};
+use virtumld_protocol::procedures::proc as p;
+use virtumld_protocol::xdr::Xdr;
+
+pub fn call_header(procedure: i32, serial: u32) -> Header {
+    Header {
+        program: REMOTE_PROGRAM,
+        version: 1,
+        procedure,
+        kind: MessageType::CALL,
+        serial,
+        status: Status::OK,
+    }
+}
+
+pub fn ping() -> Vec<u8> {
+    let h = Header {
+        program: KEEPALIVE_PROGRAM,
+        version: 1,
+        procedure: 1,
+        kind: MessageType::MESSAGE,
+        serial: 0,
+        status: Status::OK,
+    };
+    frame::encode(&h, &()).to_vec()
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -327,6 +355,34 @@ impl Raw {
         let mut m = len.to_vec();
         m.extend(rest);
         Some(m)
+    }
+
+    /// Sends a CALL with XDR arguments.
+    pub fn call<T: Xdr>(&mut self, procedure: i32, serial: u32, args: &T) {
+        let msg = frame::encode(&call_header(procedure, serial), args);
+        self.send(&msg);
+    }
+
+    /// Reads one message and splits it into header and payload.
+    pub fn reply(&mut self) -> Option<(Header, Vec<u8>)> {
+        let m = self.recv()?;
+        let (h, payload) = frame::split(&m).ok()?;
+        Some((h, payload.to_vec()))
+    }
+
+    /// AUTH_LIST + CONNECT_OPEN("uml:///system").
+    pub fn open(&mut self) {
+        self.call(p::AUTH_LIST, 0, &());
+        assert_eq!(self.reply().expect("auth list reply").0.status, Status::OK);
+        self.send(&frame::encode_with(&call_header(p::CONNECT_OPEN, 1), |o| {
+            Some("uml:///system".to_string()).encode(o);
+            0u32.encode(o);
+        }));
+        assert_eq!(
+            self.reply().expect("open reply").0.status,
+            Status::OK,
+            "open failed"
+        );
     }
 
     /// True when the server closed the connection.
