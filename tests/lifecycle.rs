@@ -67,7 +67,19 @@ fn walk_every_lifecycle_command() {
         !inactive.contains("id='") && !inactive.contains("/dev/pts/"),
         "{inactive}"
     );
-    assert!(!guest_pids(d.root.path()).is_empty());
+    let leader = guest_leaders(d.root.path())[0];
+    let cmdline = std::fs::read(format!("/proc/{leader}/cmdline")).unwrap();
+    let hostfs = format!(
+        "hostfs={}",
+        d.root
+            .path()
+            .join("run/libvirt/uml-guest/.hostfs-empty")
+            .display()
+    );
+    assert!(
+        cmdline.split(|b| *b == 0).any(|w| w == hostfs.as_bytes()),
+        "guests' hostfs is confined to an empty directory"
+    );
 
     d.virsh_ok(&["suspend", "walk"]);
     assert_eq!(state(&d, "walk"), "paused (user)");

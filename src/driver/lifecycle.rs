@@ -99,12 +99,20 @@ impl Driver {
             ));
         }
         let notify = paths.domain_state_dir.join(format!("{}.notify", umid));
+        let hostfs = paths.uml_dir.join(".hostfs-empty");
+        std::fs::create_dir_all(&hostfs).map_err(|e| {
+            Error::new(
+                code::OPERATION_FAILED,
+                format!("cannot create {}: {e}", hostfs.display()),
+            )
+        })?;
         let argv: Vec<OsString> = argv::build(
             &def,
             &ArgvEnv {
                 uml_dir: &paths.uml_dir,
                 umid: &umid,
                 notify_socket: Some(&notify),
+                hostfs_root: Some(&hostfs),
             },
         )
         .map_err(Error::def)?;

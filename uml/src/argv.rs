@@ -40,6 +40,10 @@ pub struct ArgvEnv<'a> {
     pub umid: &'a str,
     /// Datagram socket for `mconsole=notify:`.
     pub notify_socket: Option<&'a Path>,
+    /// `hostfs=`: the only host directory the guest's hostfs may mount from. Without it a
+    /// guest's root can `mount -t hostfs` the whole host filesystem as the UML process's
+    /// user (root, in system mode); an empty directory shuts that door.
+    pub hostfs_root: Option<&'a Path>,
 }
 
 /// The full argv; argv[0] is the kernel path, to be executed as the program.
@@ -55,6 +59,9 @@ pub fn build(def: &DomainDef, env: &ArgvEnv) -> Result<Vec<OsString>, DefError> 
         argv.push(joined("mconsole=notify:", sock));
     }
     argv.push("noreboot".into());
+    if let Some(dir) = env.hostfs_root {
+        argv.push(joined("hostfs=", dir));
+    }
     if let Some(root) = &def.os.root {
         argv.push(format!("root={root}").into());
     }

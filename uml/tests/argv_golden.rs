@@ -36,6 +36,7 @@ fn build_for(xml: &str, notify: bool) -> Result<Vec<OsString>, DefError> {
         uml_dir: Path::new("/run/virtumld/uml"),
         umid: &def.name,
         notify_socket: notify.then_some(Path::new("/run/virtumld/notify.sock")),
+        hostfs_root: None,
     };
     argv::build(&def, &env)
 }
@@ -117,6 +118,7 @@ fn environment_is_checked() {
             uml_dir: dir,
             umid,
             notify_socket: *notify,
+            hostfs_root: None,
         };
         let e = argv::build(&def, &env).expect_err(umid);
         assert_eq!(e.vir_code(), domain::VIR_ERR_INTERNAL_ERROR, "{e}");
@@ -125,6 +127,7 @@ fn environment_is_checked() {
         uml_dir: ok_dir,
         umid: &"u".repeat(63),
         notify_socket: None,
+        hostfs_root: None,
     };
     assert!(argv::build(&def, &env).is_ok());
 }
@@ -138,6 +141,7 @@ fn definition_is_revalidated() {
         uml_dir: Path::new("/run/virtumld/uml"),
         umid: "demo",
         notify_socket: None,
+        hostfs_root: None,
     };
     let e = argv::build(&def, &env).expect_err("cow separator");
     assert_eq!(e.vir_code(), domain::VIR_ERR_CONFIG_UNSUPPORTED);

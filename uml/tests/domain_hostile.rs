@@ -28,6 +28,7 @@ fn exercise(bytes: &[u8]) {
             uml_dir: Path::new("/run/virtumld/uml"),
             umid: "guest",
             notify_socket: None,
+            hostfs_root: None,
         };
         let _ = argv::build(&def, &env);
     }
