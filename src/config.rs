@@ -52,6 +52,18 @@ pub struct Config {
     pub auth_unix_rw: AuthMethod,
     pub auth_tcp: AuthMethod,
     pub auth_tls: AuthMethod,
+    /// TLS: server key, certificate, CA and CRL files; `None` means libvirtd's default
+    /// location under the daemon's root (see `crate::tls`).
+    pub key_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub crl_file: Option<PathBuf>,
+    /// Accept clients without a (valid) certificate.
+    pub tls_no_verify_certificate: bool,
+    /// Globs on the client certificate's Distinguished Name; `None` allows every DN.
+    pub tls_allowed_dn_list: Option<Vec<String>>,
+    /// GnuTLS priority string: accepted for compatibility, not used (rustls has none).
+    pub tls_priority: Option<String>,
     pub max_clients: usize,
     pub max_anonymous_clients: usize,
     pub max_client_requests: usize,
@@ -80,6 +92,13 @@ impl Default for Config {
             auth_unix_rw: AuthMethod::None,
             auth_tcp: AuthMethod::None,
             auth_tls: AuthMethod::None,
+            key_file: None,
+            cert_file: None,
+            ca_file: None,
+            crl_file: None,
+            tls_no_verify_certificate: false,
+            tls_allowed_dn_list: None,
+            tls_priority: None,
             max_clients: 5000,
             max_anonymous_clients: 20,
             max_client_requests: 5,
@@ -141,6 +160,20 @@ impl Config {
             "auth_unix_rw" => self.auth_unix_rw = auth(&v)?,
             "auth_tcp" => self.auth_tcp = auth(&v)?,
             "auth_tls" => self.auth_tls = auth(&v)?,
+            "key_file" => self.key_file = Some(path(&v)?),
+            "cert_file" => self.cert_file = Some(path(&v)?),
+            "ca_file" => self.ca_file = Some(path(&v)?),
+            "crl_file" => self.crl_file = Some(path(&v)?),
+            "tls_no_verify_certificate" => self.tls_no_verify_certificate = flag(&v)?,
+            "tls_allowed_dn_list" => self.tls_allowed_dn_list = Some(list(&v)?),
+            "tls_priority" => {
+                self.tls_priority = Some(string(&v)?);
+                warnings.push(
+                    "tls_priority is ignored: rustls has no GnuTLS priority strings \
+                     (TLS 1.2 and 1.3 with rustls' default cipher suites are offered)"
+                        .into(),
+                );
+            }
             "max_clients" => self.max_clients = count(&v, 1)?,
             "max_anonymous_clients" => self.max_anonymous_clients = count(&v, 0)?,
             "max_client_requests" => self.max_client_requests = count(&v, 1)?,
@@ -178,7 +211,8 @@ impl Config {
             | "audit_logging"
             | "host_uuid"
             | "host_uuid_source"
-            | "ovs_timeout" => {}
+            | "ovs_timeout"
+            | "tls_no_sanity_certificate" => {}
             _ => warnings.push(format!("unknown configuration key '{key}' ignored")),
         }
         Ok(())
@@ -196,6 +230,21 @@ fn string(v: &Value) -> Result<String, String> {
     match v {
         Value::Str(s) => Ok(s.clone()),
         other => Err(format!("expected a string, got {other}")),
+    }
+}
+
+fn path(v: &Value) -> Result<PathBuf, String> {
+    let s = string(v)?;
+    if s.is_empty() {
+        return Err("expected a file name, got an empty string".into());
+    }
+    Ok(PathBuf::from(s))
+}
+
+fn list(v: &Value) -> Result<Vec<String>, String> {
+    match v {
+        Value::List(items) => Ok(items.clone()),
+        other => Err(format!("expected a list, got {other}")),
     }
 }
 
@@ -443,8 +492,47 @@ tls_allowed_dn_list = [ "C=GB,*",
         assert_eq!(cfg.listen_addr, "127.0.0.1");
         assert_eq!(cfg.max_clients, 10);
         assert_eq!(cfg.keepalive_interval, -1);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            cfg.tls_allowed_dn_list,
+            Some(vec!["C=GB,*".to_string(), "O=example".to_string()])
+        );
+    }
+
+    #[test]
+    fn tls_keys() {
+        let d = Config::default();
+        assert!(d.listen_tls && !d.tls_no_verify_certificate);
+        assert_eq!(d.tls_port, 16514);
+        assert_eq!(
+            (d.ca_file, d.crl_file, d.tls_allowed_dn_list),
+            (None, None, None)
+        );
+        let text = r#"
+key_file = "/k.pem"
+cert_file = "/c.pem"
+ca_file = "/ca.pem"
+crl_file = "/crl.pem"
+tls_no_verify_certificate = 1
+tls_priority = "NORMAL"
+tls_no_sanity_certificate = 1
+"#;
+        let (cfg, warnings) = Config::parse("t.conf", text).unwrap();
+        assert_eq!(cfg.key_file, Some(PathBuf::from("/k.pem")));
+        assert_eq!(cfg.cert_file, Some(PathBuf::from("/c.pem")));
+        assert_eq!(cfg.ca_file, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(cfg.crl_file, Some(PathBuf::from("/crl.pem")));
+        assert!(cfg.tls_no_verify_certificate);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].contains("tls_allowed_dn_list"));
+        assert!(warnings[0].contains("tls_priority"));
+        for bad in [
+            "ca_file = \"\"",
+            "ca_file = 1",
+            "tls_allowed_dn_list = \"CN=x\"",
+            "tls_no_verify_certificate = 2",
+        ] {
+            assert!(Config::parse("b", bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

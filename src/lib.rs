@@ -2,7 +2,8 @@
 //!
 //! Layout (where to find things):
 //! - `cli`, `config`, `paths`: command line, libvirtd.conf-style file, where files live.
-//! - `server`: listeners, client limit, idle timeout, shutdown.
+//! - `server`: listeners, client limit, idle timeout, shutdown; `tls`: the TLS listener's
+//!   credentials, client certificate and DN checks, confirmation byte.
 //! - `rpc/`: the transport: `connection` (framing, keepalive, per-call tasks, writer),
 //!   `client` (per-connection state).
 //! - `remote/`: dispatch. `remote/mod.rs` holds the one `match` from procedure number to
@@ -21,6 +22,7 @@ pub mod paths;
 pub mod remote;
 pub mod rpc;
 pub mod server;
+pub mod tls;
 
 /// Escapes text for XML element content and attribute values.
 pub fn xml_escape(s: &str) -> String {

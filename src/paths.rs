@@ -32,6 +32,13 @@ pub struct Paths {
     pub log_dir: PathBuf,
     pub socket_dir: PathBuf,
     pub pid_file: PathBuf,
+    /// libvirt's PKI tree (`/etc/pki`, or `DIR/etc/pki` with `--root DIR`): the TLS
+    /// defaults `libvirt/servercert.pem`, `libvirt/private/serverkey.pem`,
+    /// `CA/cacert.pem` and `CA/cacrl.pem` live below it.
+    pub pki_dir: PathBuf,
+    /// Session mode: `~/.pki/libvirt`, looked at first for each of those files (by their
+    /// bare names), as libvirtd does for unprivileged users.
+    pub user_pki_dir: Option<PathBuf>,
 }
 
 impl Paths {
@@ -48,6 +55,8 @@ impl Paths {
             log_dir: root.join("var/log/libvirt/uml"),
             socket_dir: run.clone(),
             pid_file: run.join("virtumld.pid"),
+            pki_dir: root.join("etc/pki"),
+            user_pki_dir: None,
         }
     }
 
@@ -76,6 +85,8 @@ impl Paths {
             log_dir: cache.join("uml/log"),
             socket_dir: runtime.clone(),
             pid_file: runtime.join("virtumld.pid"),
+            pki_dir: PathBuf::from("/etc/pki"),
+            user_pki_dir: Some(home.join(".pki/libvirt")),
         }
     }
 }

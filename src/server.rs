@@ -1,5 +1,6 @@
-//! Listeners and the daemon's life: UNIX sockets (read-write and read-only), TCP, the
-//! client limit, the idle timeout, and an orderly shutdown on SIGTERM/SIGINT.
+//! Listeners and the daemon's life: UNIX sockets (read-write and read-only; group, modes and,
+//! in session mode, the peer's uid), TCP, TLS, the client limit, the idle timeout, and an
+//! orderly shutdown on SIGTERM/SIGINT.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -9,11 +10,13 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 
 use crate::daemon::Daemon;
+use crate::paths::Mode;
 use crate::rpc::client::Transport;
 use crate::rpc::connection;
+use crate::tls::{self, Tls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -35,8 +38,30 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
     }
 }
 
+/// `unix_sock_group`: a group name, or `+N` for a numeric gid (as libvirtd reads it).
+fn lookup_group(name: &str) -> Result<nix::unistd::Gid, StartError> {
+    if let Some(n) = name.strip_prefix('+') {
+        if let Ok(gid) = n.parse::<u32>() {
+            return Ok(nix::unistd::Gid::from_raw(gid));
+        }
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid),
+        Ok(None) => Err(StartError::Config(format!(
+            "unix_sock_group: unknown group '{name}'"
+        ))),
+        Err(e) => Err(StartError::Config(format!(
+            "unix_sock_group: cannot look up group '{name}': {e}"
+        ))),
+    }
+}
+
 /// Binds a UNIX socket, replacing a stale socket file but never a live one.
-fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
+fn bind_unix(
+    path: &Path,
+    mode: u32,
+    group: Option<nix::unistd::Gid>,
+) -> Result<UnixListener, StartError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
@@ -47,6 +72,10 @@ fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
         std::fs::remove_file(path).map_err(io_err(path))?;
     }
     let l = UnixListener::bind(path).map_err(io_err(path))?;
+    if let Some(gid) = group {
+        nix::unistd::chown(path, None, Some(gid))
+            .map_err(|e| io_err(path)(std::io::Error::from(e)))?;
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(path))?;
     Ok(l)
 }
@@ -58,6 +87,7 @@ enum Listener {
         read_only: bool,
     },
     Tcp(TcpListener),
+    Tls(TcpListener, Arc<Tls>),
 }
 
 pub struct Server {
@@ -76,9 +106,14 @@ impl Server {
             .unwrap_or_else(|| daemon.paths.socket_dir.clone());
         let mut listeners = Vec::new();
         let mut socket_paths = Vec::new();
+        let group = cfg
+            .unix_sock_group
+            .as_deref()
+            .map(lookup_group)
+            .transpose()?;
         let rw = sock_dir.join("virtumld-sock");
         listeners.push(Listener::Unix {
-            listener: bind_unix(&rw, cfg.unix_sock_rw_perms)?,
+            listener: bind_unix(&rw, cfg.unix_sock_rw_perms, group)?,
             path: rw.clone(),
             read_only: false,
         });
@@ -87,26 +122,41 @@ impl Server {
         if daemon.mode == crate::paths::Mode::System {
             let ro = sock_dir.join("virtumld-sock-ro");
             listeners.push(Listener::Unix {
-                listener: bind_unix(&ro, cfg.unix_sock_ro_perms)?,
+                listener: bind_unix(&ro, cfg.unix_sock_ro_perms, group)?,
                 path: ro.clone(),
                 read_only: true,
             });
             socket_paths.push(ro);
         }
+        let addr_for = |port: u16| {
+            if cfg.listen_addr.contains(':') {
+                format!("[{}]:{}", cfg.listen_addr, port)
+            } else {
+                format!("{}:{}", cfg.listen_addr, port)
+            }
+        };
         if listen && cfg.listen_tls {
-            return Err(StartError::Config(
-                "listen_tls is enabled but TLS is not available in this build of virtumld yet; \
-                 set listen_tls = 0 in the configuration file"
-                    .into(),
-            ));
+            // Credentials first: a missing or bad file stops the daemon before it listens.
+            let files = tls::Files::resolve(cfg, &daemon.paths);
+            let tls = Tls::load(cfg, &files).map_err(StartError::Config)?;
+            let addr = addr_for(cfg.tls_port);
+            let l = TcpListener::bind(&addr)
+                .await
+                .map_err(io_err(Path::new(&addr)))?;
+            info!(
+                "listening on tls {addr} (certificate {}, CA {}{})",
+                files.cert.display(),
+                files.ca.display(),
+                files
+                    .crl
+                    .as_ref()
+                    .map(|c| format!(", CRL {}", c.display()))
+                    .unwrap_or_default()
+            );
+            listeners.push(Listener::Tls(l, Arc::new(tls)));
         }
         if listen && cfg.listen_tcp {
-            let addr = format!("{}:{}", cfg.listen_addr, cfg.tcp_port);
-            let addr = if cfg.listen_addr.contains(':') {
-                format!("[{}]:{}", cfg.listen_addr, cfg.tcp_port)
-            } else {
-                addr
-            };
+            let addr = addr_for(cfg.tcp_port);
             let l = TcpListener::bind(&addr)
                 .await
                 .map_err(io_err(Path::new(&addr)))?;
@@ -197,7 +247,7 @@ async fn accept_loop(
             _ = stop.changed() => return,
         };
         let accepted = tokio::select! {
-            a = accept(&listener) => a,
+            a = accept(&daemon, &listener) => a,
             _ = stop.changed() => return,
         };
         let (reader_writer, transport, peer) = match accepted {
@@ -210,7 +260,7 @@ async fn accept_loop(
             }
         };
         let d = daemon.clone();
-        let stop = stop.clone();
+        let mut stop = stop.clone();
         let guard = daemon.client_guard();
         let task = async move {
             let _permit = permit;
@@ -225,6 +275,27 @@ async fn accept_loop(
                     let (r, w) = s.into_split();
                     connection::serve(d, r, w, transport, peer, stop).await
                 }
+                Stream::Tls(s, tls) => {
+                    let _ = s.set_nodelay(true);
+                    // The handshake runs in the connection's own task, under a timeout: a
+                    // slow or hostile client delays nobody else.
+                    let span = tracing::info_span!("tls", %peer);
+                    let handshake = tokio::select! {
+                        r = tls.accept(s).instrument(span.clone()) => r,
+                        _ = stop.changed() => return,
+                    };
+                    match handshake {
+                        Ok((s, dn)) => {
+                            if let Some(dn) = &dn {
+                                span.in_scope(|| info!("client certificate DN '{dn}'"));
+                            }
+                            let (r, w) = tokio::io::split(s);
+                            let transport = Transport::Tls { dn };
+                            connection::serve(d, r, w, transport, peer, stop).await
+                        }
+                        Err(e) => span.in_scope(|| warn!("closing TLS connection: {e}")),
+                    }
+                }
             }
         };
         let mut conns = connections.lock().await;
@@ -237,16 +308,34 @@ async fn accept_loop(
 enum Stream {
     Unix(tokio::net::UnixStream),
     Tcp(tokio::net::TcpStream),
+    Tls(tokio::net::TcpStream, Arc<Tls>),
 }
 
-async fn accept(l: &Listener) -> std::io::Result<(Stream, Transport, String)> {
+async fn accept(daemon: &Daemon, l: &Listener) -> std::io::Result<(Stream, Transport, String)> {
     match l {
         Listener::Unix {
             listener,
             path,
             read_only,
         } => {
-            let (s, _) = listener.accept().await?;
+            let (s, _) = loop {
+                let (s, addr) = listener.accept().await?;
+                // A session daemon serves its own user only (SO_PEERCRED, not the pid).
+                let uid = s.peer_cred().map(|c| c.uid());
+                if daemon.mode == Mode::Session {
+                    let me = nix::unistd::geteuid().as_raw();
+                    if uid.as_ref().ok() != Some(&me) {
+                        warn!(
+                            "refusing a client of {} with uid {}: this session daemon serves \
+                             uid {me} only",
+                            path.display(),
+                            uid.map_or_else(|e| format!("unknown ({e})"), |u| u.to_string())
+                        );
+                        continue;
+                    }
+                }
+                break (s, addr);
+            };
             let peer = match s.peer_cred() {
                 Ok(c) => format!("unix:{} uid={}", path.display(), c.uid()),
                 Err(_) => format!("unix:{}", path.display()),
@@ -262,6 +351,16 @@ async fn accept(l: &Listener) -> std::io::Result<(Stream, Transport, String)> {
         Listener::Tcp(listener) => {
             let (s, addr) = listener.accept().await?;
             Ok((Stream::Tcp(s), Transport::Tcp, format!("tcp:{addr}")))
+        }
+        Listener::Tls(listener, tls) => {
+            let (s, addr) = listener.accept().await?;
+            // The transport is settled once the handshake has passed.
+            let transport = Transport::Tls { dn: None };
+            Ok((
+                Stream::Tls(s, tls.clone()),
+                transport,
+                format!("tls:{addr}"),
+            ))
         }
     }
 }

@@ -97,7 +97,7 @@ fn virsh_console_logs_in_runs_a_command_and_detaches() {
     assert!(text.contains("EXIT 0"), "{text}");
     // Detaching leaves the guest running, and a new session works.
     assert_eq!(d.virsh_ok(&["domstate", "con"]).trim(), "running");
-    let steps = r#"[["expect", "Escape character"], ["send", "echo again-$((7*7))\r"],
+    let steps = r#"[["expect", "Escape character"], ["sleep", "0.5"], ["send", "echo again-$((7*7))\r"],
         ["expect", "again-49"], ["send", "\u001d"]]"#;
     let o = console_session(&d, "con", &[], steps);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
@@ -163,4 +163,48 @@ print("state", dom.state()[0])
     let out = python_ok(&d.tcp_uri(), script);
     assert!(out.contains("found"), "{out}");
     assert!(out.contains("state 1"), "{out}");
+}
+
+#[test]
+fn console_log_file_and_a_guest_crash() {
+    let d = Daemon::start();
+    let img = guest_image(d.root.path(), "logged");
+    let log = d.root.path().join("console.log");
+    let xml = guest_xml("logged", &img).replace(
+        "<console type='pty'/>",
+        &format!(
+            "<console type='pty'><log file='{}' append='on'/></console>",
+            log.display()
+        ),
+    );
+    let f = d.root.path().join("logged.xml");
+    std::fs::write(&f, xml).unwrap();
+    d.virsh_ok(&["define", &f.display().to_string()]);
+    d.virsh_ok(&["start", "logged"]);
+    // Nobody is attached: the daemon still copies the console into the log.
+    let ready = support::wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("virtumld-guest: ready"))
+    });
+    assert!(ready, "console log: {:?}", std::fs::read_to_string(&log));
+    // A kernel panic inside the guest is reported as a crash (on_crash = destroy).
+    let script = r#"
+import libvirt, os, time
+c = libvirt.open(os.environ["URI"])
+dom = c.lookupByName("logged")
+st = c.newStream(0)
+dom.openConsole(None, st, 0)
+st.send(b"\recho c > /proc/sysrq-trigger\r")
+deadline = time.time() + 20
+while dom.isActive() and time.time() < deadline:
+    time.sleep(0.1)
+print("state", dom.state())
+"#;
+    let out = python_ok(&d.tcp_uri(), script);
+    assert!(
+        out.contains("state [5, 3]"),
+        "shut off (crashed) expected: {out}"
+    );
+    // The guest's last words reach the log: the pump drains the pty before it stops.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("sysrq: Trigger a crash"), "{text}");
 }

@@ -32,3 +32,5 @@ pub const SECURITY_MODEL_MAX: usize = 257;
 pub const SECURITY_LABEL_MAX: usize = 4097;
 pub const SECURITY_DOI_MAX: usize = 257;
 pub const UUID_BUFLEN: usize = 16;
+pub const DOMAIN_SNAPSHOT_LIST_MAX: usize = 16_384;
+pub const DOMAIN_BLOCK_STATS_PARAMETERS_MAX: usize = 16;

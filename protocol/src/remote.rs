@@ -33,6 +33,10 @@ use crate::limits::{
     DOMAIN_MESSAGES_MAX, NODE_CPU_STATS_MAX, NODE_MEMORY_STATS_MAX, SECURITY_DOI_MAX,
     SECURITY_LABEL_MAX, SECURITY_MODEL_MAX, STRING_MAX, VCPUINFO_MAX,
 };
+use crate::limits::{
+    DOMAIN_BLOCK_STATS_PARAMETERS_MAX, DOMAIN_MEMORY_STATS_MAX, DOMAIN_SNAPSHOT_LIST_MAX,
+    STORAGE_POOL_LIST_MAX, STORAGE_VOL_LIST_MAX,
+};
 use crate::xdr::{DecodeError, FixedOpaque, Opaque, Reader, Xdr, XdrBounded};
 use crate::xdr_enum;
 use crate::xdr_struct;
@@ -925,6 +929,441 @@ xdr_struct! {
     pub struct DomainEventCallbackRebootMsg {
         pub callback_id: i32,
         pub msg: DomainEventRebootMsg,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics, snapshots list, storage pools and volumes
+// ---------------------------------------------------------------------------------------------
+
+xdr_struct! {
+    /// DOMAIN_BLOCK_STATS (64).
+    pub struct DomainBlockStatsArgs {
+        pub dom: NonnullDomain,
+        pub path: String,
+    }
+
+    /// DOMAIN_BLOCK_STATS (64): -1 for a figure the hypervisor does not know.
+    pub struct DomainBlockStatsRet {
+        pub rd_req: i64,
+        pub rd_bytes: i64,
+        pub wr_req: i64,
+        pub wr_bytes: i64,
+        pub errs: i64,
+    }
+
+    /// DOMAIN_INTERFACE_STATS (65).
+    pub struct DomainInterfaceStatsArgs {
+        pub dom: NonnullDomain,
+        pub device: String,
+    }
+
+    /// DOMAIN_INTERFACE_STATS (65).
+    pub struct DomainInterfaceStatsRet {
+        pub rx_bytes: i64,
+        pub rx_packets: i64,
+        pub rx_errs: i64,
+        pub rx_drop: i64,
+        pub tx_bytes: i64,
+        pub tx_packets: i64,
+        pub tx_errs: i64,
+        pub tx_drop: i64,
+    }
+
+    /// DOMAIN_MEMORY_STATS (159).
+    pub struct DomainMemoryStatsArgs {
+        pub dom: NonnullDomain,
+        pub max_stats: u32,
+        pub flags: u32,
+    }
+
+    /// `remote_domain_memory_stat`: one `VIR_DOMAIN_MEMORY_STAT_*` tag and its value.
+    pub struct DomainMemoryStat {
+        pub tag: i32,
+        pub val: u64,
+    }
+
+    /// DOMAIN_MEMORY_STATS (159).
+    pub struct DomainMemoryStatsRet {
+        pub stats: Vec<DomainMemoryStat> [max DOMAIN_MEMORY_STATS_MAX],
+    }
+
+    /// DOMAIN_BLOCK_STATS_FLAGS (243).
+    pub struct DomainBlockStatsFlagsArgs {
+        pub dom: NonnullDomain,
+        pub path: String,
+        pub nparams: i32,
+        pub flags: u32,
+    }
+
+    /// DOMAIN_BLOCK_STATS_FLAGS (243).
+    pub struct DomainBlockStatsFlagsRet {
+        pub params: Vec<TypedParam> [max DOMAIN_BLOCK_STATS_PARAMETERS_MAX],
+        pub nparams: i32,
+    }
+
+    /// DOMAIN_LIST_ALL_SNAPSHOTS (274).
+    pub struct DomainListAllSnapshotsArgs {
+        pub dom: NonnullDomain,
+        pub need_results: i32,
+        pub flags: u32,
+    }
+
+    /// DOMAIN_LIST_ALL_SNAPSHOTS (274).
+    pub struct DomainListAllSnapshotsRet {
+        pub snapshots: Vec<NonnullDomainSnapshot> [max DOMAIN_SNAPSHOT_LIST_MAX],
+        pub ret: i32,
+    }
+
+    /// CONNECT_NUM_OF_STORAGE_POOLS (71).
+    pub struct ConnectNumOfStoragePoolsRet {
+        pub num: i32,
+    }
+
+    /// CONNECT_LIST_STORAGE_POOLS (72).
+    pub struct ConnectListStoragePoolsArgs {
+        pub maxnames: i32,
+    }
+
+    /// CONNECT_LIST_STORAGE_POOLS (72).
+    pub struct ConnectListStoragePoolsRet {
+        pub names: Vec<String> [max STORAGE_POOL_LIST_MAX],
+    }
+
+    /// CONNECT_NUM_OF_DEFINED_STORAGE_POOLS (73).
+    pub struct ConnectNumOfDefinedStoragePoolsRet {
+        pub num: i32,
+    }
+
+    /// CONNECT_LIST_DEFINED_STORAGE_POOLS (74).
+    pub struct ConnectListDefinedStoragePoolsArgs {
+        pub maxnames: i32,
+    }
+
+    /// CONNECT_LIST_DEFINED_STORAGE_POOLS (74).
+    pub struct ConnectListDefinedStoragePoolsRet {
+        pub names: Vec<String> [max STORAGE_POOL_LIST_MAX],
+    }
+
+    /// STORAGE_POOL_CREATE_XML (76).
+    pub struct StoragePoolCreateXmlArgs {
+        pub xml: String,
+        pub flags: u32,
+    }
+
+    /// STORAGE_POOL_CREATE_XML (76).
+    pub struct StoragePoolCreateXmlRet {
+        pub pool: NonnullStoragePool,
+    }
+
+    /// STORAGE_POOL_DEFINE_XML (77).
+    pub struct StoragePoolDefineXmlArgs {
+        pub xml: String,
+        pub flags: u32,
+    }
+
+    /// STORAGE_POOL_DEFINE_XML (77).
+    pub struct StoragePoolDefineXmlRet {
+        pub pool: NonnullStoragePool,
+    }
+
+    /// STORAGE_POOL_CREATE (78).
+    pub struct StoragePoolCreateArgs {
+        pub pool: NonnullStoragePool,
+        pub flags: u32,
+    }
+
+    /// STORAGE_POOL_BUILD (79).
+    pub struct StoragePoolBuildArgs {
+        pub pool: NonnullStoragePool,
+        pub flags: u32,
+    }
+
+    /// STORAGE_POOL_DESTROY (80).
+    pub struct StoragePoolDestroyArgs {
+        pub pool: NonnullStoragePool,
+    }
+
+    /// STORAGE_POOL_DELETE (81).
+    pub struct StoragePoolDeleteArgs {
+        pub pool: NonnullStoragePool,
+        pub flags: u32,
+    }
+
+    /// STORAGE_POOL_UNDEFINE (82).
+    pub struct StoragePoolUndefineArgs {
+        pub pool: NonnullStoragePool,
+    }
+
+    /// STORAGE_POOL_REFRESH (83).
+    pub struct StoragePoolRefreshArgs {
+        pub pool: NonnullStoragePool,
+        pub flags: u32,
+    }
+
+    /// STORAGE_POOL_LOOKUP_BY_NAME (84).
+    pub struct StoragePoolLookupByNameArgs {
+        pub name: String,
+    }
+
+    /// STORAGE_POOL_LOOKUP_BY_NAME (84).
+    pub struct StoragePoolLookupByNameRet {
+        pub pool: NonnullStoragePool,
+    }
+
+    /// STORAGE_POOL_LOOKUP_BY_UUID (85).
+    pub struct StoragePoolLookupByUuidArgs {
+        pub uuid: FixedOpaque<16>,
+    }
+
+    /// STORAGE_POOL_LOOKUP_BY_UUID (85).
+    pub struct StoragePoolLookupByUuidRet {
+        pub pool: NonnullStoragePool,
+    }
+
+    /// STORAGE_POOL_LOOKUP_BY_VOLUME (86).
+    pub struct StoragePoolLookupByVolumeArgs {
+        pub vol: NonnullStorageVol,
+    }
+
+    /// STORAGE_POOL_LOOKUP_BY_VOLUME (86).
+    pub struct StoragePoolLookupByVolumeRet {
+        pub pool: NonnullStoragePool,
+    }
+
+    /// STORAGE_POOL_GET_INFO (87).
+    pub struct StoragePoolGetInfoArgs {
+        pub pool: NonnullStoragePool,
+    }
+
+    /// STORAGE_POOL_GET_INFO (87): `state` is an `unsigned char` (one 4-byte word).
+    pub struct StoragePoolGetInfoRet {
+        pub state: u8,
+        pub capacity: u64,
+        pub allocation: u64,
+        pub available: u64,
+    }
+
+    /// STORAGE_POOL_GET_XML_DESC (88).
+    pub struct StoragePoolGetXmlDescArgs {
+        pub pool: NonnullStoragePool,
+        pub flags: u32,
+    }
+
+    /// STORAGE_POOL_GET_XML_DESC (88).
+    pub struct StoragePoolGetXmlDescRet {
+        pub xml: String,
+    }
+
+    /// STORAGE_POOL_GET_AUTOSTART (89).
+    pub struct StoragePoolGetAutostartArgs {
+        pub pool: NonnullStoragePool,
+    }
+
+    /// STORAGE_POOL_GET_AUTOSTART (89).
+    pub struct StoragePoolGetAutostartRet {
+        pub autostart: i32,
+    }
+
+    /// STORAGE_POOL_SET_AUTOSTART (90).
+    pub struct StoragePoolSetAutostartArgs {
+        pub pool: NonnullStoragePool,
+        pub autostart: i32,
+    }
+
+    /// STORAGE_POOL_NUM_OF_VOLUMES (91).
+    pub struct StoragePoolNumOfVolumesArgs {
+        pub pool: NonnullStoragePool,
+    }
+
+    /// STORAGE_POOL_NUM_OF_VOLUMES (91).
+    pub struct StoragePoolNumOfVolumesRet {
+        pub num: i32,
+    }
+
+    /// STORAGE_POOL_LIST_VOLUMES (92).
+    pub struct StoragePoolListVolumesArgs {
+        pub pool: NonnullStoragePool,
+        pub maxnames: i32,
+    }
+
+    /// STORAGE_POOL_LIST_VOLUMES (92).
+    pub struct StoragePoolListVolumesRet {
+        pub names: Vec<String> [max STORAGE_VOL_LIST_MAX],
+    }
+
+    /// STORAGE_VOL_CREATE_XML (93).
+    pub struct StorageVolCreateXmlArgs {
+        pub pool: NonnullStoragePool,
+        pub xml: String,
+        pub flags: u32,
+    }
+
+    /// STORAGE_VOL_CREATE_XML (93).
+    pub struct StorageVolCreateXmlRet {
+        pub vol: NonnullStorageVol,
+    }
+
+    /// STORAGE_VOL_DELETE (94).
+    pub struct StorageVolDeleteArgs {
+        pub vol: NonnullStorageVol,
+        pub flags: u32,
+    }
+
+    /// STORAGE_VOL_LOOKUP_BY_NAME (95).
+    pub struct StorageVolLookupByNameArgs {
+        pub pool: NonnullStoragePool,
+        pub name: String,
+    }
+
+    /// STORAGE_VOL_LOOKUP_BY_NAME (95).
+    pub struct StorageVolLookupByNameRet {
+        pub vol: NonnullStorageVol,
+    }
+
+    /// STORAGE_VOL_LOOKUP_BY_KEY (96).
+    pub struct StorageVolLookupByKeyArgs {
+        pub key: String,
+    }
+
+    /// STORAGE_VOL_LOOKUP_BY_KEY (96).
+    pub struct StorageVolLookupByKeyRet {
+        pub vol: NonnullStorageVol,
+    }
+
+    /// STORAGE_VOL_LOOKUP_BY_PATH (97).
+    pub struct StorageVolLookupByPathArgs {
+        pub path: String,
+    }
+
+    /// STORAGE_VOL_LOOKUP_BY_PATH (97).
+    pub struct StorageVolLookupByPathRet {
+        pub vol: NonnullStorageVol,
+    }
+
+    /// STORAGE_VOL_GET_INFO (98).
+    pub struct StorageVolGetInfoArgs {
+        pub vol: NonnullStorageVol,
+    }
+
+    /// STORAGE_VOL_GET_INFO (98): `type` is a `char` (one 4-byte word).
+    pub struct StorageVolGetInfoRet {
+        pub type_: i8,
+        pub capacity: u64,
+        pub allocation: u64,
+    }
+
+    /// STORAGE_VOL_GET_XML_DESC (99).
+    pub struct StorageVolGetXmlDescArgs {
+        pub vol: NonnullStorageVol,
+        pub flags: u32,
+    }
+
+    /// STORAGE_VOL_GET_XML_DESC (99).
+    pub struct StorageVolGetXmlDescRet {
+        pub xml: String,
+    }
+
+    /// STORAGE_VOL_GET_PATH (100).
+    pub struct StorageVolGetPathArgs {
+        pub vol: NonnullStorageVol,
+    }
+
+    /// STORAGE_VOL_GET_PATH (100).
+    pub struct StorageVolGetPathRet {
+        pub name: String,
+    }
+
+    /// STORAGE_POOL_IS_ACTIVE (154).
+    pub struct StoragePoolIsActiveArgs {
+        pub pool: NonnullStoragePool,
+    }
+
+    /// STORAGE_POOL_IS_ACTIVE (154).
+    pub struct StoragePoolIsActiveRet {
+        pub active: i32,
+    }
+
+    /// STORAGE_POOL_IS_PERSISTENT (155).
+    pub struct StoragePoolIsPersistentArgs {
+        pub pool: NonnullStoragePool,
+    }
+
+    /// STORAGE_POOL_IS_PERSISTENT (155).
+    pub struct StoragePoolIsPersistentRet {
+        pub persistent: i32,
+    }
+
+    /// STORAGE_VOL_RESIZE (260).
+    pub struct StorageVolResizeArgs {
+        pub vol: NonnullStorageVol,
+        pub capacity: u64,
+        pub flags: u32,
+    }
+
+    /// CONNECT_LIST_ALL_STORAGE_POOLS (281).
+    pub struct ConnectListAllStoragePoolsArgs {
+        pub need_results: i32,
+        pub flags: u32,
+    }
+
+    /// CONNECT_LIST_ALL_STORAGE_POOLS (281).
+    pub struct ConnectListAllStoragePoolsRet {
+        pub pools: Vec<NonnullStoragePool> [max STORAGE_POOL_LIST_MAX],
+        pub ret: u32,
+    }
+
+    /// STORAGE_POOL_LIST_ALL_VOLUMES (282).
+    pub struct StoragePoolListAllVolumesArgs {
+        pub pool: NonnullStoragePool,
+        pub need_results: i32,
+        pub flags: u32,
+    }
+
+    /// STORAGE_POOL_LIST_ALL_VOLUMES (282).
+    pub struct StoragePoolListAllVolumesRet {
+        pub vols: Vec<NonnullStorageVol> [max STORAGE_VOL_LIST_MAX],
+        pub ret: u32,
+    }
+
+    /// CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY (368). `pool` = None: all pools.
+    pub struct ConnectStoragePoolEventRegisterAnyArgs {
+        pub event_id: i32,
+        pub pool: Option<NonnullStoragePool>,
+    }
+
+    /// CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY (368).
+    pub struct ConnectStoragePoolEventRegisterAnyRet {
+        pub callback_id: i32,
+    }
+
+    /// CONNECT_STORAGE_POOL_EVENT_DEREGISTER_ANY (369).
+    pub struct ConnectStoragePoolEventDeregisterAnyArgs {
+        pub callback_id: i32,
+    }
+
+    /// STORAGE_POOL_EVENT_LIFECYCLE (370): a MESSAGE to clients registered with 368.
+    pub struct StoragePoolEventLifecycleMsg {
+        pub callback_id: i32,
+        pub pool: NonnullStoragePool,
+        pub event: i32,
+        pub detail: i32,
+    }
+
+    /// STORAGE_POOL_EVENT_REFRESH (373).
+    pub struct StoragePoolEventRefreshMsg {
+        pub callback_id: i32,
+        pub pool: NonnullStoragePool,
+    }
+
+    /// STORAGE_POOL_LOOKUP_BY_TARGET_PATH (391).
+    pub struct StoragePoolLookupByTargetPathArgs {
+        pub path: String,
+    }
+
+    /// STORAGE_POOL_LOOKUP_BY_TARGET_PATH (391).
+    pub struct StoragePoolLookupByTargetPathRet {
+        pub pool: NonnullStoragePool,
     }
 }
 

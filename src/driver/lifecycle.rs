@@ -28,6 +28,8 @@ use super::{
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// SIGTERM → SIGKILL grace for `destroy`.
 const DESTROY_GRACE: Duration = Duration::from_secs(10);
+/// How long the console pumps of an exited guest get to read its last output.
+const PUMP_DRAIN: Duration = Duration::from_millis(500);
 /// For a graceful destroy, how long SIGTERM alone may take.
 const GRACEFUL_WAIT: Duration = Duration::from_secs(30);
 
@@ -353,18 +355,24 @@ impl Driver {
         let Ok(_job) = obj.begin_job().await else {
             return;
         };
-        let (guest, intent, tail, def) = {
+        let (guest, intent, pumps, def) = {
             let d = obj.data();
             let Some(l) = d.live.as_ref().filter(|l| l.generation == generation) else {
                 return; // destroy (or a restart) already handled this process
             };
-            let tail = l.pumps.first().map(|(_, p)| p.tail()).unwrap_or_default();
-            (l.guest.clone(), l.intent, tail, l.def.clone())
+            let pumps: Vec<_> = l.pumps.iter().map(|(_, p)| p.clone()).collect();
+            (l.guest.clone(), l.intent, pumps, l.def.clone())
         };
         // The main process is gone; its helpers may not be.
         if let Err(e) = guest.kill(Duration::from_secs(2)).await {
             tracing::error!(domain = %obj.name, "cleaning up the guest's processes: {e}");
         }
+        // Let the pumps drain what the guest wrote last (its panic or halt message) into
+        // their logs and tails; they end by themselves when the pty hangs up.
+        for p in &pumps {
+            let _ = tokio::time::timeout(PUMP_DRAIN, p.closed()).await;
+        }
+        let tail = pumps.first().map(|p| p.tail()).unwrap_or_default();
         let reason = process::classify_exit(&info, &tail);
         tracing::info!(domain = %obj.name, %info, ?reason, ?intent, "guest process ended");
         let (action, stop_reason, detail) = match (intent, reason) {

@@ -10,6 +10,7 @@
 mod lifecycle;
 pub mod persist;
 pub mod state;
+pub mod stats;
 mod status;
 
 use std::collections::HashMap;

@@ -54,7 +54,9 @@ pub async fn dispatch(
     header: &Header,
     payload: Bytes,
 ) -> BytesMut {
-    let result = match check(client, header.procedure) {
+    let checked = check(client, header.procedure)
+        .and_then(|info| check_secret_flags(client, info, &payload).map(|()| info));
+    let result = match checked {
         Ok(info) => {
             let ctx = Ctx {
                 daemon,
@@ -122,6 +124,71 @@ fn check(client: &Client, number: i32) -> Reply<&'static ProcInfo> {
         )),
         _ => Ok(info),
     }
+}
+
+/// Read-only-ok procedures whose flags (or an argument) make them reveal secrets or act on
+/// the guest: the table's `secret_flags` rows a read-only connection may otherwise call.
+/// Each is refused on a read-only connection as libvirt's public API refuses it. (Rows with
+/// `secret_flags` that are not read-only-ok are refused by `check` already.)
+const SECRET_FLAG_PROCS: [i32; 6] = [
+    p::DOMAIN_GET_XML_DESC,
+    p::DOMAIN_SNAPSHOT_GET_XML_DESC,
+    p::DOMAIN_MANAGED_SAVE_GET_XML_DESC,
+    p::DOMAIN_CHECKPOINT_GET_XML_DESC,
+    p::DOMAIN_GET_VCPUS_FLAGS,
+    p::DOMAIN_INTERFACE_ADDRESSES,
+];
+
+/// `check`'s second half, for [`SECRET_FLAG_PROCS`]: still before the arguments are
+/// decoded. In each of these calls the flags are the last 32-bit word of the arguments
+/// (`DOMAIN_INTERFACE_ADDRESSES`: `source` is the word before them); a payload too short to
+/// hold them is left to fail its decoding.
+fn check_secret_flags(client: &Client, info: &ProcInfo, payload: &[u8]) -> Reply<()> {
+    if info.secret_flags.is_empty() || !client.opened().is_some_and(|o| o.read_only) {
+        return Ok(());
+    }
+    let word = |from_end: usize| -> u32 {
+        payload
+            .len()
+            .checked_sub(4 * from_end)
+            .and_then(|at| payload.get(at..at + 4))
+            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    const XML_SECURE: u32 = 1; // VIR_DOMAIN_XML_SECURE, and the SNAPSHOT/SAVE_IMAGE/CHECKPOINT
+    const XML_MIGRATABLE: u32 = 8; // implies SECURE
+    const VCPU_GUEST: u32 = 8;
+    const SRC_AGENT: u32 = 1; // VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT
+    let (refused, secure_flag, err_domain) = match info.number {
+        p::DOMAIN_GET_XML_DESC => (
+            word(1) & (XML_SECURE | XML_MIGRATABLE) != 0,
+            true,
+            from::DOMAIN,
+        ),
+        p::DOMAIN_MANAGED_SAVE_GET_XML_DESC => (word(1) & XML_SECURE != 0, true, from::DOMAIN),
+        p::DOMAIN_SNAPSHOT_GET_XML_DESC => (word(1) & XML_SECURE != 0, true, from::DOMAIN_SNAPSHOT),
+        p::DOMAIN_CHECKPOINT_GET_XML_DESC => {
+            (word(1) & XML_SECURE != 0, true, from::DOMAIN_CHECKPOINT)
+        }
+        p::DOMAIN_GET_VCPUS_FLAGS => (word(1) & VCPU_GUEST != 0, false, from::DOMAIN),
+        p::DOMAIN_INTERFACE_ADDRESSES => (word(2) == SRC_AGENT, false, from::DOMAIN),
+        _ => (false, false, from::NONE),
+    };
+    if !refused {
+        return Ok(());
+    }
+    let message = if secure_flag {
+        format!("operation forbidden: {} with secure flag", info.api)
+    } else {
+        format!(
+            "operation forbidden: read only access prevents {}",
+            info.api
+        )
+    };
+    Err(RemoteError::new(
+        code::OPERATION_DENIED,
+        err_domain,
+        message,
+    ))
 }
 
 /// Decodes the arguments, runs the handler, encodes its result.
@@ -232,6 +299,27 @@ async fn call(ctx: &Ctx<'_>, number: i32, payload: &[u8]) -> Reply<BytesMut> {
         }
         p::DOMAIN_OPEN_CONSOLE => run(payload, |a| console::open_console(ctx, ctx.serial, a)).await,
         _ => Err(err::no_support(ctx.info)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use virtumld_protocol::procedures::REMOTE_PROCEDURES;
+
+    use super::SECRET_FLAG_PROCS;
+
+    /// Every read-only-ok row of the table with `secret_flags` has its refusal; a table
+    /// regenerated with a new such row fails here until `check_secret_flags` handles it.
+    #[test]
+    fn every_read_only_secret_flag_row_is_handled() {
+        let rows: Vec<i32> = REMOTE_PROCEDURES
+            .iter()
+            .filter(|i| i.read_only_ok && !i.secret_flags.is_empty())
+            .map(|i| i.number)
+            .collect();
+        let mut handled = SECRET_FLAG_PROCS.to_vec();
+        handled.sort();
+        assert_eq!(rows, handled);
     }
 }
 

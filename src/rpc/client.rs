@@ -12,14 +12,21 @@ use super::stream::Streams;
 /// How the client reached the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
-    Unix { read_only: bool },
+    Unix {
+        read_only: bool,
+    },
     Tcp,
+    /// A TLS connection whose handshake (and client certificate check) passed; `dn` is the
+    /// client certificate's Distinguished Name when it sent one.
+    Tls {
+        dn: Option<String>,
+    },
 }
 
 impl Transport {
     /// UNIX sockets are local and TLS is encrypted; libvirt calls both "secure".
     pub fn is_secure(&self) -> bool {
-        matches!(self, Transport::Unix { .. })
+        matches!(self, Transport::Unix { .. } | Transport::Tls { .. })
     }
 }
 
