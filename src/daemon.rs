@@ -15,6 +15,10 @@ pub struct Daemon {
     pub paths: Paths,
     pub driver: Driver,
     pub events: Arc<Registry>,
+    /// Storage pools (`dir`) and their volumes.
+    pub storage: crate::storage::Storage,
+    /// Storage pool event registrations of every connection.
+    pub pool_events: crate::remote::storage::PoolEventRegistry,
     /// `linux.uml --version`, encoded as libvirt encodes versions (0 when unknown).
     pub uml_version: u64,
     next_conn: AtomicU64,
@@ -29,12 +33,15 @@ impl Daemon {
         uml_version: u64,
         driver: Driver,
     ) -> Daemon {
+        let storage = crate::storage::Storage::load(&paths);
         Daemon {
             mode,
             config,
             paths,
             driver,
             events: Arc::new(Registry::default()),
+            storage,
+            pool_events: Default::default(),
             uml_version,
             next_conn: AtomicU64::new(1),
             clients: AtomicUsize::new(0),

@@ -22,6 +22,7 @@ pub mod paths;
 pub mod remote;
 pub mod rpc;
 pub mod server;
+pub mod storage;
 pub mod tls;
 
 /// Escapes text for XML element content and attribute values.

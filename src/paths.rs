@@ -102,6 +102,8 @@ mod tests {
         assert_eq!(p.domain_config_dir, Path::new("/tmp/r/etc/libvirt/uml"));
         assert_eq!(p.log_dir, Path::new("/tmp/r/var/log/libvirt/uml"));
         assert_eq!(p.config_file, Path::new("/tmp/r/etc/libvirt/virtumld.conf"));
+        assert_eq!(p.pki_dir, Path::new("/tmp/r/etc/pki"));
+        assert_eq!(p.user_pki_dir, None);
     }
 
     #[test]
@@ -116,6 +118,11 @@ mod tests {
         assert_eq!(
             p.config_file,
             Path::new("/home/u/.config/libvirt/virtumld.conf")
+        );
+        assert_eq!(p.pki_dir, Path::new("/etc/pki"));
+        assert_eq!(
+            p.user_pki_dir.as_deref(),
+            Some(Path::new("/home/u/.pki/libvirt"))
         );
         let no_runtime = |k: &str| (k == "HOME").then(|| "/home/u".to_string());
         assert_eq!(

@@ -7,6 +7,13 @@
 //! tickets (a ticket record before the confirmation byte makes every stock client fail with
 //! "Unable to read TLS confirmation: Resource temporarily unavailable"), and the byte only
 //! once the client certificate and its DN passed.
+//!
+//! Like libvirtd (GnuTLS `GNUTLS_CERT_REQUEST`, then a check of the finished session), the
+//! handshake asks for a certificate and checks only that the client holds its key; the chain,
+//! dates and CRLs are checked once the handshake is over, before anything else is read or
+//! sent. A refused client thus sees libvirtd's "Unable to read TLS confirmation" instead of
+//! a handshake cut halfway (which a GnuTLS client still writing its Finished may not even
+//! survive: SIGPIPE).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,6 +87,8 @@ impl Files {
 /// The TLS side of the TLS listener, shared by its connections.
 pub struct Tls {
     acceptor: TlsAcceptor,
+    /// Chain, dates and CRLs, checked after the handshake.
+    verifier: Arc<dyn ClientCertVerifier>,
     verify: bool,
     allowed_dns: Option<Vec<String>>,
 }
@@ -140,22 +149,14 @@ impl Tls {
                 // is not revoked (GnuTLS, hence libvirtd, reads CRLs the same way).
                 .allow_unknown_revocation_status();
         let verify = !cfg.tls_no_verify_certificate;
-        let verifier: Arc<dyn ClientCertVerifier> = if verify {
-            builder.build()
-        } else {
-            builder
-                .allow_unauthenticated()
-                .build()
-                .map(|inner| Arc::new(Lenient(inner)) as Arc<dyn ClientCertVerifier>)
-        }
-        .map_err(|e| match &files.crl {
+        let verifier = builder.build().map_err(|e| match &files.crl {
             Some(crl) => format!("TLS CA {} / CRL {}: {e}", files.ca.display(), crl.display()),
             None => format!("TLS CA certificate {}: {e}", files.ca.display()),
         })?;
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| format!("TLS: {e}"))?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(Arc::new(Deferred(verifier.clone())))
             .with_single_cert(chain, key)
             .map_err(|e| {
                 format!(
@@ -173,6 +174,7 @@ impl Tls {
         }
         Ok(Tls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
+            verifier,
             verify,
             allowed_dns: cfg.tls_allowed_dn_list.clone(),
         })
@@ -191,13 +193,22 @@ impl Tls {
                 .accept(tcp)
                 .await
                 .map_err(|e| format!("TLS handshake failed: {e}"))?;
-            let dn = s
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| subject_dn(c));
-            if self.verify {
+            let chain = s.get_ref().1.peer_certificates().unwrap_or(&[]);
+            let verdict = match chain.split_first() {
+                None => Err("no client certificate".to_string()),
+                Some((leaf, intermediates)) => self
+                    .verifier
+                    .verify_client_cert(leaf, intermediates, UnixTime::now())
+                    .map(|_| ())
+                    .map_err(|e| format!("client certificate refused: {e}")),
+            };
+            let dn = chain.first().map(|c| subject_dn(c));
+            if !self.verify {
+                if let Err(e) = verdict {
+                    warn!("accepted with tls_no_verify_certificate = 1: {e}");
+                }
+            } else {
+                verdict?;
                 if let Some(globs) = &self.allowed_dns {
                     match &dn {
                         Some(Ok(dn)) if globs.iter().any(|g| glob_match(g, dn)) => {}
@@ -227,13 +238,12 @@ impl Tls {
     }
 }
 
-/// `tls_no_verify_certificate = 1`: asks for a certificate but accepts none or an invalid
-/// one (with a warning), as libvirtd does; the signature over the handshake is still checked
-/// for whatever certificate is presented.
+/// The handshake's view of the client certificate: asked for, optional, its possession
+/// proved by the handshake signature; everything else is [`Tls::accept`]'s to check.
 #[derive(Debug)]
-struct Lenient(Arc<dyn ClientCertVerifier>);
+struct Deferred(Arc<dyn ClientCertVerifier>);
 
-impl ClientCertVerifier for Lenient {
+impl ClientCertVerifier for Deferred {
     fn client_auth_mandatory(&self) -> bool {
         false
     }
@@ -244,13 +254,10 @@ impl ClientCertVerifier for Lenient {
 
     fn verify_client_cert(
         &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        if let Err(e) = self.0.verify_client_cert(end_entity, intermediates, now) {
-            warn!("accepting an invalid client certificate (tls_no_verify_certificate = 1): {e}");
-        }
         Ok(ClientCertVerified::assertion())
     }
 
@@ -477,13 +484,13 @@ fn string_value(tag: u8, v: &[u8]) -> Option<String> {
                 .unwrap_or_else(|_| v.iter().map(|b| char::from(*b)).collect()),
         ),
         // BMPString (UCS-2)
-        0x1e if v.len() % 2 == 0 => {
+        0x1e if v.len().is_multiple_of(2) => {
             char::decode_utf16(v.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])))
                 .collect::<Result<String, _>>()
                 .ok()
         }
         // UniversalString (UCS-4)
-        0x1c if v.len() % 4 == 0 => v
+        0x1c if v.len().is_multiple_of(4) => v
             .chunks(4)
             .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
             .collect(),
@@ -508,6 +515,45 @@ fn escape_value(s: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_files() {
+        let root = tempfile::tempdir().unwrap();
+        let mut paths = Paths::system(root.path());
+        let cfg = Config::default();
+        let f = Files::resolve(&cfg, &paths);
+        let pki = root.path().join("etc/pki");
+        assert_eq!(f.key, pki.join("libvirt/private/serverkey.pem"));
+        assert_eq!(f.cert, pki.join("libvirt/servercert.pem"));
+        assert_eq!(f.ca, pki.join("CA/cacert.pem"));
+        assert_eq!(f.crl, None, "a missing default CRL is skipped");
+        std::fs::create_dir_all(pki.join("CA")).unwrap();
+        std::fs::write(pki.join("CA/cacrl.pem"), "").unwrap();
+        assert_eq!(
+            Files::resolve(&cfg, &paths).crl,
+            Some(pki.join("CA/cacrl.pem"))
+        );
+        // Configured files win; a configured CRL is kept even if missing (load fails then).
+        let mut set = cfg.clone();
+        set.ca_file = Some("/x/ca.pem".into());
+        set.crl_file = Some("/x/missing.pem".into());
+        let f = Files::resolve(&set, &paths);
+        assert_eq!(f.ca, Path::new("/x/ca.pem"));
+        assert_eq!(f.crl.as_deref(), Some(Path::new("/x/missing.pem")));
+        let e = Tls::load(&set, &f).err().unwrap();
+        assert!(
+            e.contains("serverkey.pem") || e.contains("servercert.pem"),
+            "{e}"
+        );
+        // Session: ~/.pki/libvirt/<name> first, when it exists.
+        let user = root.path().join("home/.pki/libvirt");
+        std::fs::create_dir_all(&user).unwrap();
+        std::fs::write(user.join("cacert.pem"), "").unwrap();
+        paths.user_pki_dir = Some(user.clone());
+        let f = Files::resolve(&cfg, &paths);
+        assert_eq!(f.ca, user.join("cacert.pem"));
+        assert_eq!(f.cert, pki.join("libvirt/servercert.pem"));
+    }
 
     #[test]
     fn globs_as_glib() {

@@ -85,7 +85,8 @@ fn console_session(d: &Daemon, name: &str, args: &[&str], steps: &str) -> std::p
 fn virsh_console_logs_in_runs_a_command_and_detaches() {
     let d = Daemon::start();
     start_guest(&d, "con");
-    let steps = r#"[["expect", "Escape character"], ["send", "\r"], ["sleep", "0.3"],
+    // Type only once the shell is up: a shell starting discards what was typed before.
+    let steps = r#"[["expect", "Escape character"], ["expect", "guest# "], ["sleep", "0.3"],
         ["send", "echo answer-$((6*7))\r"], ["expect", "answer-42"], ["send", "\u001d"]]"#;
     let o = console_session(&d, "con", &[], steps);
     let text = String::from_utf8_lossy(&o.stdout);
@@ -110,7 +111,7 @@ fn force_takes_over_and_a_second_client_is_refused() {
     std::thread::scope(|s| {
         // The first session stays attached until the takeover ends it.
         let first = s.spawn(|| {
-            let steps = r#"[["expect", "Escape character"], ["sleep", "6"]]"#;
+            let steps = r#"[["expect", "guest# "], ["sleep", "6"]]"#;
             console_session(&d, "two", &[], steps)
         });
         std::thread::sleep(Duration::from_secs(3));
@@ -119,7 +120,7 @@ fn force_takes_over_and_a_second_client_is_refused() {
         let text = String::from_utf8_lossy(&second.stdout).to_string();
         assert!(second.status.success(), "{text}");
         assert!(text.contains("EXIT 1"), "{text}");
-        let steps = r#"[["expect", "Escape character"], ["send", "echo forced-$((3*3))\r"],
+        let steps = r#"[["expect", "Escape character"], ["sleep", "0.5"], ["send", "echo forced-$((3*3))\r"],
             ["expect", "forced-9"], ["send", "\u001d"]]"#;
         let forced = console_session(&d, "two", &["--force"], steps);
         assert!(
@@ -147,10 +148,12 @@ c = libvirt.open(os.environ["URI"])
 dom = c.lookupByName("py")
 st = c.newStream(0)
 dom.openConsole(None, st, 0)
-st.send(b"echo stream-$((5*5))\r")
 got = b""
-deadline = time.time() + 20
-while b"stream-25" not in got and time.time() < deadline:
+while b"guest# " not in got:
+    got += st.recv(4096)
+time.sleep(0.3)
+st.send(b"echo stream-$((5*5))\r")
+while b"stream-25" not in got:
     got += st.recv(4096)
 print("found" if b"stream-25" in got else "missing")
 st.abort()
@@ -193,7 +196,11 @@ c = libvirt.open(os.environ["URI"])
 dom = c.lookupByName("logged")
 st = c.newStream(0)
 dom.openConsole(None, st, 0)
-st.send(b"\recho c > /proc/sysrq-trigger\r")
+got = b""
+while b"guest# " not in got:
+    got += st.recv(4096)
+time.sleep(0.3)
+st.send(b"echo c > /proc/sysrq-trigger\r")
 deadline = time.time() + 20
 while dom.isActive() and time.time() < deadline:
     time.sleep(0.1)
@@ -207,4 +214,70 @@ print("state", dom.state())
     // The guest's last words reach the log: the pump drains the pty before it stops.
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("sysrq: Trigger a crash"), "{text}");
+}
+
+#[test]
+fn console_works_after_a_daemon_restart_and_ends_cleanly_on_reboot() {
+    let mut d = Daemon::start();
+    start_guest(&d, "again");
+    let echo = |tag: &str| {
+        format!(
+            r#"
+import libvirt, os, time
+c = libvirt.open(os.environ["URI"])
+dom = c.lookupByName("again")
+deadline = time.time() + 60
+while True:
+    try:
+        st = c.newStream(0)
+        dom.openConsole(None, st, 0)
+        break
+    except libvirt.libvirtError as e:
+        # Right after a reboot the new console may not be there yet.
+        if time.time() > deadline:
+            raise
+        time.sleep(0.2)
+# A new daemon has no recent output to replay: Enter makes the shell show its prompt.
+st.send(b"\r")
+got = b""
+while b"guest# " not in got:
+    d = st.recv(4096)
+    if not d:
+        raise SystemExit("end of stream before the prompt: %r" % got[-300:])
+    got += d
+time.sleep(0.3)
+st.send(b"echo {tag}-$((4*4))\r")
+while b"{tag}-16" not in got:
+    d = st.recv(4096)
+    if not d:
+        raise SystemExit("end of stream: %r" % got[-300:])
+    got += d
+st.finish()
+print("ok")
+"#
+        )
+    };
+    assert!(python_ok(&d.tcp_uri(), &echo("before")).contains("ok"));
+    // A crash of the daemon: the guest keeps its console, and the new daemon finds it.
+    d.kill9();
+    d.spawn();
+    assert!(python_ok(&d.tcp_uri(), &echo("after")).contains("ok"));
+    // A reboot ends an attached session with end-of-stream.
+    let script = r#"
+import libvirt, os, time
+c = libvirt.open(os.environ["URI"])
+dom = c.lookupByName("again")
+st = c.newStream(0)
+dom.openConsole(None, st, 0)
+dom.reboot()
+deadline = time.time() + 30
+while time.time() < deadline:
+    if st.recv(4096) == b"":
+        print("eof")
+        break
+st.finish()
+"#;
+    assert!(python_ok(&d.tcp_uri(), script).contains("eof"));
+    // And the rebooted guest has a working console again.
+    assert!(python_ok(&d.tcp_uri(), &echo("rebooted")).contains("ok"));
 }

@@ -56,6 +56,7 @@ fuzz_target!(|data: &[u8]| {
         umid: "fuzz-guest",
         notify_socket: Some(Path::new("/run/libvirt/uml/notify.sock")),
         hostfs_root: Some(Path::new("/run/libvirt/uml/hostfs")),
+        line_fds: &[],
     };
     let _ = argv::build(&def, &env);
 });

@@ -15,13 +15,13 @@ use virtumld_protocol::error::code;
 use virtumld_uml::argv::{self, ArgvEnv};
 use virtumld_uml::console::{self, ConsoleLog};
 use virtumld_uml::domain::{self as domxml, CharKind, DomainDef, LifecycleAction};
-use virtumld_uml::process::{self, ExitReason, LaunchSpec};
+use virtumld_uml::process::{self, ExitReason, LaunchSpec, PtyLine};
 
 use super::state::{domain_state as st, event, paused, running, shutoff, StateReason};
-use super::status::Status;
+use super::status::{SavedLine, Status};
 use super::{
-    persist, running_state, Data, DomRef, DomainObj, Driver, Error, EventKind, Live, Result,
-    StopIntent,
+    persist, running_state, Data, DomRef, DomainObj, Driver, Error, EventKind, Live, LivePump,
+    Result, StopIntent,
 };
 
 /// From spawn to "mconsole answers and the console ptys are known".
@@ -32,6 +32,9 @@ const DESTROY_GRACE: Duration = Duration::from_secs(10);
 const PUMP_DRAIN: Duration = Duration::from_millis(500);
 /// For a graceful destroy, how long SIGTERM alone may take.
 const GRACEFUL_WAIT: Duration = Duration::from_secs(30);
+
+/// Console lines' slaves are inherited by the guest from this descriptor number up.
+const FIRST_LINE_FD: i32 = 3;
 
 /// The umid is the domain name when UML accepts it as one, else derived from the uuid.
 fn umid_for(def: &DomainDef) -> String {
@@ -72,6 +75,15 @@ impl Driver {
                 pid: l.guest.pid,
                 start_time: l.guest.start_time,
                 umid: l.guest.umid.clone(),
+                lines: l
+                    .pumps
+                    .iter()
+                    .map(|p| SavedLine {
+                        alias: p.alias.clone(),
+                        guest_fd: p.guest_fd,
+                        path: p.pump.pty().to_path_buf(),
+                    })
+                    .collect(),
                 xml: l.def.to_xml(None),
             }
             .to_text()
@@ -108,6 +120,33 @@ impl Driver {
                 format!("cannot create {}: {e}", hostfs.display()),
             )
         })?;
+        // Every pts line gets a pty the daemon creates: the guest inherits the slave as the
+        // line and a spare copy of the master, so the line survives a daemon restart.
+        let lines: Vec<_> = def
+            .console_aliases()
+            .into_iter()
+            .filter(|a| def.char_dev(a).is_some_and(|c| c.uml_channel() == "pts"))
+            .collect();
+        let mut ptys = Vec::with_capacity(lines.len());
+        let mut line_fds = Vec::with_capacity(lines.len());
+        let mut inherit_fds = Vec::with_capacity(2 * lines.len());
+        for (i, alias) in lines.iter().enumerate() {
+            let pty = PtyLine::open().map_err(|e| {
+                Error::new(code::OPERATION_FAILED, format!("cannot create a pty: {e}"))
+            })?;
+            let slave_fd = FIRST_LINE_FD + 2 * i as i32;
+            let spare_master_fd = slave_fd + 1;
+            let spare = pty.master.try_clone().map_err(backend_error)?;
+            line_fds.push((alias.uml_device.clone(), slave_fd));
+            inherit_fds.push((Arc::new(pty.slave), slave_fd));
+            inherit_fds.push((Arc::new(spare), spare_master_fd));
+            ptys.push(Line {
+                alias: alias.alias.clone(),
+                guest_fd: spare_master_fd,
+                path: pty.path,
+                master: pty.master,
+            });
+        }
         let argv: Vec<OsString> = argv::build(
             &def,
             &ArgvEnv {
@@ -115,14 +154,10 @@ impl Driver {
                 umid: &umid,
                 notify_socket: Some(&notify),
                 hostfs_root: Some(&hostfs),
+                line_fds: &line_fds,
             },
         )
         .map_err(Error::def)?;
-        let lines: Vec<_> = def
-            .console_aliases()
-            .into_iter()
-            .filter(|a| def.char_dev(a).is_some_and(|c| c.uml_channel() == "pts"))
-            .collect();
         let spec = LaunchSpec {
             argv,
             env: vec![("TMPDIR".into(), paths.uml_dir.clone().into_os_string())],
@@ -130,11 +165,12 @@ impl Driver {
             umid: umid.clone(),
             notify_socket: notify,
             log_file: self.log_path(&def.name),
-            pty_devices: lines.iter().map(|a| a.uml_device.clone()).collect(),
+            pty_devices: Vec::new(),
             ready_timeout: READY_TIMEOUT,
+            inherit_fds,
         };
         let guest = process::launch(&spec).await.map_err(backend_error)?;
-        let pumps = start_pumps(&def, &guest, false);
+        let pumps = start_pumps(&def, ptys, false);
         Ok(Live {
             def,
             id,
@@ -336,8 +372,8 @@ impl Driver {
         let transient = {
             let mut d = obj.data();
             if let Some(l) = d.live.take() {
-                for (_, p) in &l.pumps {
-                    p.stop();
+                for p in &l.pumps {
+                    p.pump.stop();
                 }
             }
             d.state = StateReason::new(st::SHUTOFF, reason);
@@ -360,7 +396,7 @@ impl Driver {
             let Some(l) = d.live.as_ref().filter(|l| l.generation == generation) else {
                 return; // destroy (or a restart) already handled this process
             };
-            let pumps: Vec<_> = l.pumps.iter().map(|(_, p)| p.clone()).collect();
+            let pumps: Vec<_> = l.pumps.iter().map(|p| p.pump.clone()).collect();
             (l.guest.clone(), l.intent, pumps, l.def.clone())
         };
         // The main process is gone; its helpers may not be.
@@ -399,13 +435,7 @@ impl Driver {
         };
         if action == LifecycleAction::Restart && !obj.data().removed {
             let id = obj.data().live.as_ref().map_or(-1, |l| l.id);
-            for (_, p) in obj
-                .data()
-                .live
-                .as_ref()
-                .map(|l| l.pumps.as_slice())
-                .unwrap_or(&[])
-            {
+            for p in &pumps {
                 p.stop();
             }
             match self.launch(def, id).await {
@@ -480,21 +510,30 @@ impl Driver {
     ) -> std::result::Result<i32, String> {
         let status = status.ok_or("unreadable status file")?;
         let def = Arc::new(domxml::parse(&status.xml).map_err(|e| e.to_string())?);
-        let devices: Vec<String> = def
-            .console_aliases()
-            .into_iter()
-            .filter(|a| def.char_dev(a).is_some_and(|c| c.uml_channel() == "pts"))
-            .map(|a| a.uml_device)
-            .collect();
         let guest = process::reattach(
             status.pid,
             status.start_time,
             &status.umid,
             &self.0.paths.uml_dir,
-            &devices,
+            &[],
         )
         .await
         .map_err(|e| e.to_string())?;
+        // Take each line's master back from the guest, which kept a copy for us.
+        let mut ptys = Vec::new();
+        for l in &status.lines {
+            match guest.take_fd(l.guest_fd) {
+                Ok(master) => ptys.push(Line {
+                    alias: l.alias.clone(),
+                    guest_fd: l.guest_fd,
+                    path: l.path.clone(),
+                    master,
+                }),
+                Err(e) => {
+                    tracing::error!(domain = %name, line = %l.alias, "cannot recover the console: {e}")
+                }
+            }
+        }
         let obj = match self.by_name(name) {
             Ok(o) => o,
             Err(_) => {
@@ -514,7 +553,7 @@ impl Driver {
                 o
             }
         };
-        let pumps = start_pumps(&def, &guest, true);
+        let pumps = start_pumps(&def, ptys, true);
         let live = Live {
             def,
             id: status.id,
@@ -553,35 +592,42 @@ fn is_zombie(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-/// Pumps every pty line whose host pty is known. `reattached`: never truncate logs.
-fn start_pumps(
-    def: &DomainDef,
-    guest: &process::Guest,
-    reattached: bool,
-) -> Vec<(String, Arc<console::ConsolePump>)> {
+/// A console line's pty: the daemon's master, the guest's spare copy of it, the path.
+pub(super) struct Line {
+    alias: String,
+    guest_fd: i32,
+    path: std::path::PathBuf,
+    master: std::os::fd::OwnedFd,
+}
+
+/// Starts a pump on every line. `reattached`: never truncate logs.
+fn start_pumps(def: &DomainDef, lines: Vec<Line>, reattached: bool) -> Vec<LivePump> {
     let mut pumps = Vec::new();
-    for alias in def.console_aliases() {
-        let Some(dev) = def.char_dev(&alias) else {
-            continue;
-        };
-        let Some(pty) = guest.pty(&alias.uml_device) else {
-            continue;
-        };
-        let log = match (&dev.kind, &dev.log) {
-            (_, Some(l)) => Some(ConsoleLog {
+    for line in lines {
+        let dev = def
+            .console_aliases()
+            .into_iter()
+            .find(|a| a.alias == line.alias)
+            .and_then(|a| def.char_dev(&a).cloned());
+        let log = match dev.as_ref().map(|d| (&d.kind, &d.log)) {
+            Some((_, Some(l))) => Some(ConsoleLog {
                 path: l.file.clone(),
                 append: l.append || reattached,
             }),
-            (CharKind::File(p), None) => Some(ConsoleLog {
+            Some((CharKind::File(p), None)) => Some(ConsoleLog {
                 path: p.clone(),
                 append: reattached,
             }),
             _ => None,
         };
-        match console::start(pty.to_path_buf(), log) {
-            Ok(p) => pumps.push((alias.alias.clone(), Arc::new(p))),
+        match console::start_master(line.master, &line.path, log) {
+            Ok(p) => pumps.push(LivePump {
+                alias: line.alias,
+                guest_fd: line.guest_fd,
+                pump: Arc::new(p),
+            }),
             Err(e) => {
-                tracing::error!(line = %alias.alias, "cannot pump console {}: {e}", pty.display())
+                tracing::error!(line = %line.alias, "cannot pump console {}: {e}", line.path.display())
             }
         }
     }

@@ -99,13 +99,22 @@ enum StopIntent {
     Destroy,
 }
 
+/// A console line of a running guest and its pump.
+struct LivePump {
+    /// libvirt alias: `console0`, `serial0`.
+    alias: String,
+    /// The guest's spare copy of the pty master (see `PtyLine`), for a later reattach.
+    guest_fd: i32,
+    pump: Arc<ConsolePump>,
+}
+
 /// A running guest: its process, console pumps and the definition it runs with.
 struct Live {
     def: Arc<DomainDef>,
     id: i32,
     guest: Guest,
-    /// One pump per pty line, by libvirt alias (`console0`, `serial0`).
-    pumps: Vec<(String, Arc<ConsolePump>)>,
+    /// One pump per pty line.
+    pumps: Vec<LivePump>,
     intent: Option<StopIntent>,
     /// Bumped on every (re)launch so a watcher of an earlier process does nothing.
     generation: u64,
@@ -442,8 +451,8 @@ impl Driver {
             }
             live.pumps
                 .iter()
-                .find(|(a, _)| *a == alias.alias)
-                .map(|(a, p)| (a.clone(), p.clone()))
+                .find(|p| p.alias == alias.alias)
+                .map(|p| (p.alias.clone(), p.pump.clone()))
                 .ok_or_else(|| {
                     Error::new(
                         code::OPERATION_FAILED,
@@ -455,6 +464,13 @@ impl Driver {
                 })?
         };
         let (alias, pump) = pump;
+        if pump.is_closed() {
+            // The guest process is gone and its restart (reboot) or stop is under way.
+            return Err(Error::new(
+                code::OPERATION_INVALID,
+                format!("character device {alias} is not available: the guest is restarting or stopping"),
+            ));
+        }
         let key = (obj.uuid, alias);
         let mut holders = self.0.consoles.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, revoke)) = holders.get(&key) {
@@ -751,7 +767,7 @@ impl Drop for ConsoleClaim {
 fn pty_paths(l: &Live) -> Vec<(String, PathBuf)> {
     l.pumps
         .iter()
-        .map(|(alias, p)| (alias.clone(), p.pty().to_path_buf()))
+        .map(|p| (p.alias.clone(), p.pump.pty().to_path_buf()))
         .collect()
 }
 

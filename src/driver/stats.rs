@@ -109,9 +109,12 @@ pub struct Want {
     pub disks: bool,
 }
 
-/// Guests that recently let a query time out: (uuid, pid, start time) → retry after.
-fn stuck() -> &'static Mutex<HashMap<([u8; 16], i32, u64), Instant>> {
-    static STUCK: OnceLock<Mutex<HashMap<([u8; 16], i32, u64), Instant>>> = OnceLock::new();
+/// A guest process: domain uuid, main pid and its start time.
+type GuestKey = ([u8; 16], i32, u64);
+
+/// Guests that recently let a query time out, and when to ask them again.
+fn stuck() -> &'static Mutex<HashMap<GuestKey, Instant>> {
+    static STUCK: OnceLock<Mutex<HashMap<GuestKey, Instant>>> = OnceLock::new();
     STUCK.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
@@ -126,6 +129,15 @@ impl Driver {
     /// says so and the domain is running or paused (a paused UML guest still answers
     /// mconsole).
     pub async fn dom_stats(&self, obj: &DomainObj, want: Want) -> DomStats {
+        self.dom_stats_with(obj, want, None).await
+    }
+
+    async fn dom_stats_with(
+        &self,
+        obj: &DomainObj,
+        want: Want,
+        cpu: Option<Arc<CpuTable>>,
+    ) -> DomStats {
         let (dom, state, def, guest) = {
             let d = obj.data();
             let def = d
@@ -163,7 +175,8 @@ impl Driver {
         let Some(guest) = guest else {
             return out;
         };
-        out.cpu = Some(cpu_times(guest.pid));
+        let cpu = cpu.unwrap_or_else(|| Arc::new(CpuTable::read()));
+        out.cpu = Some(cpu.times(guest.pid));
         out.rss_kib = Some(guest.rss_kib()).filter(|&k| k > 0);
         let disks: Vec<_> = def.map(|d| d.disks.clone()).unwrap_or_default();
         if want.disks {
@@ -215,10 +228,12 @@ impl Driver {
 
     /// Statistics of several domains, queried concurrently.
     pub async fn dom_stats_many(&self, objs: Vec<Arc<DomainObj>>, want: Want) -> Vec<DomStats> {
+        let cpu = Arc::new(CpuTable::read());
         let mut set = tokio::task::JoinSet::new();
         for (i, o) in objs.into_iter().enumerate() {
             let drv = self.clone();
-            set.spawn(async move { (i, drv.dom_stats(&o, want).await) });
+            let cpu = cpu.clone();
+            set.spawn(async move { (i, drv.dom_stats_with(&o, want, Some(cpu)).await) });
         }
         let mut out = Vec::new();
         while let Some(r) = set.join_next().await {
@@ -316,7 +331,8 @@ pub fn apply_vmstat(g: &mut GuestMemory, text: &str) {
             "pswpin" => g.swap_in_kib = Some(v.saturating_mul(GUEST_PAGE_KIB)),
             "pswpout" => g.swap_out_kib = Some(v.saturating_mul(GUEST_PAGE_KIB)),
             "pgmajfault" => g.major_faults = Some(v),
-            "pgfault" => g.minor_faults = Some(v.saturating_sub(g.major_faults.unwrap_or(0))),
+            // As the virtio balloon reports it: every fault counts as "minor".
+            "pgfault" => g.minor_faults = Some(v),
             _ => {}
         }
     }
@@ -370,36 +386,62 @@ fn host_size(path: &Path, kind: DiskKind) -> (Option<u64>, Option<u64>) {
     (Some(m.len()), Some(m.blocks().saturating_mul(512)))
 }
 
-/// CPU time of every process in the guest's process group or session (UML's helpers
-/// included), as `Guest::cpu_time_ns` counts it, split into user and system time.
-pub fn cpu_times(pgid: i32) -> CpuTimes {
-    let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .filter(|&t| t > 0)
-        .unwrap_or(100) as u128;
-    let (mut user, mut system) = (0u128, 0u128);
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(f) = stat_fields(&stat) else {
-            continue;
-        };
-        if f.pgrp == pgid || f.session == pgid {
-            user += u128::from(f.utime) + u128::from(f.cutime);
-            system += u128::from(f.stime) + u128::from(f.cstime);
+/// CPU ticks (user, system) of every process, summed by process group and by session:
+/// `table[k]` covers the processes whose group or session is `k` (each counted once).
+/// One pass over /proc serves every domain of a statistics call.
+pub struct CpuTable {
+    by_id: HashMap<i32, (u128, u128)>,
+    ticks_per_sec: u128,
+}
+
+impl CpuTable {
+    pub fn read() -> CpuTable {
+        let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .filter(|&t| t > 0)
+            .unwrap_or(100) as u128;
+        let mut by_id: HashMap<i32, (u128, u128)> = HashMap::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some(f) = stat_fields(&stat) else {
+                continue;
+            };
+            let user = u128::from(f.utime) + u128::from(f.cutime);
+            let system = u128::from(f.stime) + u128::from(f.cstime);
+            let mut add = |k: i32| {
+                let slot = by_id.entry(k).or_default();
+                slot.0 += user;
+                slot.1 += system;
+            };
+            add(f.pgrp);
+            if f.session != f.pgrp {
+                add(f.session);
+            }
+        }
+        CpuTable {
+            by_id,
+            ticks_per_sec,
         }
     }
-    let ns = |t: u128| u64::try_from(t * 1_000_000_000 / ticks_per_sec).unwrap_or(u64::MAX);
-    CpuTimes {
-        total_ns: ns(user + system),
-        user_ns: ns(user),
-        system_ns: ns(system),
+
+    /// CPU time of every process in the guest's process group or session (UML's helpers
+    /// included), as `Guest::cpu_time_ns` counts it, split into user and system time.
+    pub fn times(&self, pgid: i32) -> CpuTimes {
+        let (user, system) = self.by_id.get(&pgid).copied().unwrap_or((0, 0));
+        let ns =
+            |t: u128| u64::try_from(t * 1_000_000_000 / self.ticks_per_sec).unwrap_or(u64::MAX);
+        CpuTimes {
+            total_ns: ns(user + system),
+            user_ns: ns(user),
+            system_ns: ns(system),
+        }
     }
 }
 
@@ -446,7 +488,7 @@ mod tests {
         assert_eq!(g.swap_in_kib, Some(8));
         assert_eq!(g.swap_out_kib, Some(12));
         assert_eq!(g.major_faults, Some(17));
-        assert_eq!(g.minor_faults, Some(1905 - 17));
+        assert_eq!(g.minor_faults, Some(1905));
         assert!(parse_meminfo("MemTotal: 1 kB\n").is_none());
         assert!(parse_meminfo("garbage").is_none());
     }
@@ -486,7 +528,8 @@ mod tests {
             x = x.wrapping_add(i * i);
         }
         std::hint::black_box(x);
-        let t = cpu_times(me);
+        let t = CpuTable::read().times(me);
+        assert!(t.total_ns > 0);
         assert_eq!(t.total_ns, t.user_ns + t.system_ns);
     }
 }

@@ -2,12 +2,12 @@
 //! daemon needs to find the guest again. One line of attributes, then the live definition:
 //!
 //! ```text
-//! <domstatus state='1' reason='1' id='3' pid='1234' start_time='5678' umid='demo'>
+//! <domstatus state='1' reason='1' id='3' pid='1234' start_time='5678' umid='demo' lines='console0:4:/dev/pts/3'>
 //! <domain type='uml'>…</domain>
 //! </domstatus>
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::driver::state::StateReason;
 
@@ -18,8 +18,17 @@ pub struct Status {
     pub pid: i32,
     pub start_time: u64,
     pub umid: String,
+    /// Console lines: alias, the guest's spare pty master descriptor, the pty path.
+    pub lines: Vec<SavedLine>,
     /// The live domain XML.
     pub xml: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedLine {
+    pub alias: String,
+    pub guest_fd: i32,
+    pub path: PathBuf,
 }
 
 const OPEN: &str = "<domstatus ";
@@ -28,13 +37,18 @@ const CLOSE: &str = "</domstatus>";
 impl Status {
     pub fn to_text(&self) -> String {
         format!(
-            "{OPEN}state='{}' reason='{}' id='{}' pid='{}' start_time='{}' umid='{}'>\n{}{}{CLOSE}\n",
+            "{OPEN}state='{}' reason='{}' id='{}' pid='{}' start_time='{}' umid='{}' lines='{}'>\n{}{}{CLOSE}\n",
             self.state.state,
             self.state.reason,
             self.id,
             self.pid,
             self.start_time,
             crate::xml_escape(&self.umid),
+            self.lines
+                .iter()
+                .map(|l| format!("{}:{}:{}", l.alias, l.guest_fd, l.path.display()))
+                .collect::<Vec<_>>()
+                .join(";"),
             self.xml,
             if self.xml.ends_with('\n') { "" } else { "\n" },
         )
@@ -54,7 +68,21 @@ impl Status {
         if umid.contains('&') {
             return None;
         }
+        // Aliases and /dev/pts paths have no ':', ';' or quote in them.
+        let mut lines = Vec::new();
+        for item in get("lines")?.split(';').filter(|i| !i.is_empty()) {
+            let mut parts = item.splitn(3, ':');
+            let alias = parts.next()?.to_string();
+            let guest_fd = parts.next()?.parse().ok()?;
+            let path = PathBuf::from(parts.next()?);
+            lines.push(SavedLine {
+                alias,
+                guest_fd,
+                path,
+            });
+        }
         Some(Status {
+            lines,
             state: StateReason::new(get("state")?.parse().ok()?, get("reason")?.parse().ok()?),
             id: get("id")?.parse().ok()?,
             pid: get("pid")?.parse().ok()?,
@@ -81,6 +109,11 @@ mod tests {
             pid: 1234,
             start_time: 99,
             umid: "demo".into(),
+            lines: vec![SavedLine {
+                alias: "console0".into(),
+                guest_fd: 4,
+                path: "/dev/pts/3".into(),
+            }],
             xml: "<domain type='uml'>\n  <name>demo</name>\n</domain>\n".into(),
         };
         let text = s.to_text();

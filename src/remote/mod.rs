@@ -10,6 +10,8 @@ mod connect;
 mod console;
 mod domain;
 pub mod events;
+mod stats;
+pub mod storage;
 pub mod wire_error;
 
 use std::future::Future;
@@ -144,7 +146,7 @@ const SECRET_FLAG_PROCS: [i32; 6] = [
 /// (`DOMAIN_INTERFACE_ADDRESSES`: `source` is the word before them); a payload too short to
 /// hold them is left to fail its decoding.
 fn check_secret_flags(client: &Client, info: &ProcInfo, payload: &[u8]) -> Reply<()> {
-    if info.secret_flags.is_empty() || !client.opened().is_some_and(|o| o.read_only) {
+    if !SECRET_FLAG_PROCS.contains(&info.number) || !client.opened().is_some_and(|o| o.read_only) {
         return Ok(());
     }
     let word = |from_end: usize| -> u32 {
@@ -216,6 +218,7 @@ async fn call(ctx: &Ctx<'_>, number: i32, payload: &[u8]) -> Reply<BytesMut> {
     use connect as c;
     use domain as d;
     use events as ev;
+    use storage as sp;
     match number {
         p::AUTH_LIST => run(payload, |()| c::auth_list(ctx)).await,
         p::CONNECT_SUPPORTS_FEATURE => run(payload, |a| c::connect_supports_feature(ctx, a)).await,
@@ -298,8 +301,112 @@ async fn call(ctx: &Ctx<'_>, number: i32, payload: &[u8]) -> Reply<BytesMut> {
             run(payload, |a| ev::deregister_any(ctx, a)).await
         }
         p::DOMAIN_OPEN_CONSOLE => run(payload, |a| console::open_console(ctx, ctx.serial, a)).await,
+        p::CONNECT_GET_ALL_DOMAIN_STATS => {
+            run(payload, |a| stats::connect_get_all_domain_stats(ctx, a)).await
+        }
+        p::DOMAIN_MEMORY_STATS => run(payload, |a| stats::domain_memory_stats(ctx, a)).await,
+        p::DOMAIN_BLOCK_STATS => run(payload, |a| stats::domain_block_stats(ctx, a)).await,
+        p::DOMAIN_BLOCK_STATS_FLAGS => {
+            run(payload, |a| stats::domain_block_stats_flags(ctx, a)).await
+        }
+        p::DOMAIN_INTERFACE_STATS => run(payload, |a| stats::domain_interface_stats(ctx, a)).await,
+        p::DOMAIN_LIST_ALL_SNAPSHOTS => {
+            run(payload, |a| stats::domain_list_all_snapshots(ctx, a)).await
+        }
+        p::CONNECT_LIST_ALL_STORAGE_POOLS => {
+            run(payload, |a| sp::connect_list_all_storage_pools(ctx, a)).await
+        }
+        p::CONNECT_NUM_OF_STORAGE_POOLS => {
+            run(payload, |()| sp::connect_num_of_storage_pools(ctx)).await
+        }
+        p::CONNECT_LIST_STORAGE_POOLS => {
+            run(payload, |a| sp::connect_list_storage_pools(ctx, a)).await
+        }
+        p::CONNECT_NUM_OF_DEFINED_STORAGE_POOLS => {
+            run(payload, |()| sp::connect_num_of_defined_storage_pools(ctx)).await
+        }
+        p::CONNECT_LIST_DEFINED_STORAGE_POOLS => {
+            run(payload, |a| sp::connect_list_defined_storage_pools(ctx, a)).await
+        }
+        p::STORAGE_POOL_LOOKUP_BY_NAME => {
+            run(payload, |a| sp::storage_pool_lookup_by_name(ctx, a)).await
+        }
+        p::STORAGE_POOL_LOOKUP_BY_UUID => {
+            run(payload, |a| sp::storage_pool_lookup_by_uuid(ctx, a)).await
+        }
+        p::STORAGE_POOL_LOOKUP_BY_VOLUME => {
+            run(payload, |a| sp::storage_pool_lookup_by_volume(ctx, a)).await
+        }
+        p::STORAGE_POOL_LOOKUP_BY_TARGET_PATH => {
+            run(payload, |a| sp::storage_pool_lookup_by_target_path(ctx, a)).await
+        }
+        p::STORAGE_POOL_DEFINE_XML => run(payload, |a| sp::storage_pool_define_xml(ctx, a)).await,
+        p::STORAGE_POOL_CREATE_XML => run(payload, |a| sp::storage_pool_create_xml(ctx, a)).await,
+        p::STORAGE_POOL_BUILD => run(payload, |a| sp::storage_pool_build(ctx, a)).await,
+        p::STORAGE_POOL_CREATE => run(payload, |a| sp::storage_pool_create(ctx, a)).await,
+        p::STORAGE_POOL_DESTROY => run(payload, |a| sp::storage_pool_destroy(ctx, a)).await,
+        p::STORAGE_POOL_DELETE => run(payload, |a| sp::storage_pool_delete(ctx, a)).await,
+        p::STORAGE_POOL_UNDEFINE => run(payload, |a| sp::storage_pool_undefine(ctx, a)).await,
+        p::STORAGE_POOL_REFRESH => run(payload, |a| sp::storage_pool_refresh(ctx, a)).await,
+        p::STORAGE_POOL_GET_INFO => run(payload, |a| sp::storage_pool_get_info(ctx, a)).await,
+        p::STORAGE_POOL_GET_XML_DESC => {
+            run(payload, |a| sp::storage_pool_get_xml_desc(ctx, a)).await
+        }
+        p::STORAGE_POOL_GET_AUTOSTART => {
+            run(payload, |a| sp::storage_pool_get_autostart(ctx, a)).await
+        }
+        p::STORAGE_POOL_SET_AUTOSTART => {
+            run(payload, |a| sp::storage_pool_set_autostart(ctx, a)).await
+        }
+        p::STORAGE_POOL_IS_ACTIVE => run(payload, |a| sp::storage_pool_is_active(ctx, a)).await,
+        p::STORAGE_POOL_IS_PERSISTENT => {
+            run(payload, |a| sp::storage_pool_is_persistent(ctx, a)).await
+        }
+        p::STORAGE_POOL_LIST_ALL_VOLUMES => {
+            run(payload, |a| sp::storage_pool_list_all_volumes(ctx, a)).await
+        }
+        p::STORAGE_POOL_NUM_OF_VOLUMES => {
+            run(payload, |a| sp::storage_pool_num_of_volumes(ctx, a)).await
+        }
+        p::STORAGE_POOL_LIST_VOLUMES => {
+            run(payload, |a| sp::storage_pool_list_volumes(ctx, a)).await
+        }
+        p::STORAGE_VOL_LOOKUP_BY_NAME => {
+            run(payload, |a| sp::storage_vol_lookup_by_name(ctx, a)).await
+        }
+        p::STORAGE_VOL_LOOKUP_BY_KEY => {
+            run(payload, |a| sp::storage_vol_lookup_by_key(ctx, a)).await
+        }
+        p::STORAGE_VOL_LOOKUP_BY_PATH => {
+            run(payload, |a| sp::storage_vol_lookup_by_path(ctx, a)).await
+        }
+        p::STORAGE_VOL_CREATE_XML => run(payload, |a| sp::storage_vol_create_xml(ctx, a)).await,
+        p::STORAGE_VOL_DELETE => run(payload, |a| sp::storage_vol_delete(ctx, a)).await,
+        p::STORAGE_VOL_RESIZE => run(payload, |a| sp::storage_vol_resize(ctx, a)).await,
+        p::STORAGE_VOL_GET_INFO => run(payload, |a| sp::storage_vol_get_info(ctx, a)).await,
+        p::STORAGE_VOL_GET_XML_DESC => run(payload, |a| sp::storage_vol_get_xml_desc(ctx, a)).await,
+        p::STORAGE_VOL_GET_PATH => run(payload, |a| sp::storage_vol_get_path(ctx, a)).await,
+        p::CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY => {
+            run(payload, |a| {
+                sp::connect_storage_pool_event_register_any(ctx, a)
+            })
+            .await
+        }
+        p::CONNECT_STORAGE_POOL_EVENT_DEREGISTER_ANY => {
+            run(payload, |a| {
+                sp::connect_storage_pool_event_deregister_any(ctx, a)
+            })
+            .await
+        }
         _ => Err(err::no_support(ctx.info)),
     }
+}
+
+/// Called once a connection is gone: drop what it registered.
+pub fn disconnected(daemon: &Arc<Daemon>, client: &Arc<Client>) {
+    daemon.events.client_gone(client.id);
+    daemon.pool_events.client_gone(client.id);
+    client.clear_opened();
 }
 
 #[cfg(test)]
@@ -321,10 +428,4 @@ mod tests {
         handled.sort();
         assert_eq!(rows, handled);
     }
-}
-
-/// Called once a connection is gone: drop what it registered.
-pub fn disconnected(daemon: &Arc<Daemon>, client: &Arc<Client>) {
-    daemon.events.client_gone(client.id);
-    client.clear_opened();
 }

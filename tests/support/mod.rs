@@ -74,7 +74,13 @@ impl Daemon {
     }
 
     pub fn start_with(extra_config: &str) -> Daemon {
+        Self::start_prepared(extra_config, |_| {})
+    }
+
+    /// Like `start_with`, after `prepare` has filled the root (e.g. with `etc/pki/...`).
+    pub fn start_prepared(extra_config: &str, prepare: impl FnOnce(&Path)) -> Daemon {
         let root = tempfile::tempdir().expect("temp dir");
+        prepare(root.path());
         let mut d = Daemon {
             child: None,
             root,
@@ -299,9 +305,13 @@ pub fn virsh(uri: &str, args: &[&str]) -> Output {
         .expect("run virsh (install libvirt-clients)")
 }
 
+/// The longest a python client may run in a test.
+pub const PYTHON_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Runs a python3-libvirt script (Debian's python: /usr/bin/python3) with `URI` set.
 pub fn python(uri: &str, script: &str) -> Output {
     let mut child = Command::new("/usr/bin/python3")
+        .arg("-u")
         .arg("-")
         .env("URI", uri)
         .stdin(Stdio::piped())
@@ -315,7 +325,24 @@ pub fn python(uri: &str, script: &str) -> Output {
         .expect("stdin")
         .write_all(script.as_bytes())
         .expect("write script");
-    child.wait_with_output().expect("python output")
+    // A client stuck on a missing reply must fail the test, not hang it.
+    let pid = child.id() as i32;
+    let watchdog = std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < PYTHON_TIMEOUT {
+            std::thread::sleep(Duration::from_millis(200));
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+                return;
+            }
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    });
+    let out = child.wait_with_output().expect("python output");
+    let _ = watchdog.join();
+    out
 }
 
 pub fn python_ok(uri: &str, script: &str) -> String {
@@ -329,16 +356,39 @@ pub fn python_ok(uri: &str, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// What a raw client talks over: TCP or a UNIX socket.
+pub trait RawStream: Read + Write + Send {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl RawStream for TcpStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_read_timeout(self, timeout)
+    }
+}
+
+impl RawStream for std::os::unix::net::UnixStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        std::os::unix::net::UnixStream::set_read_timeout(self, timeout)
+    }
+}
+
 /// A raw protocol client for hostile-input tests.
 pub struct Raw {
-    pub s: TcpStream,
+    pub s: Box<dyn RawStream>,
 }
 
 impl Raw {
     pub fn connect(port: u16) -> Raw {
         let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        Raw { s }
+        Raw { s: Box::new(s) }
+    }
+
+    pub fn connect_unix(path: &Path) -> Raw {
+        let s = std::os::unix::net::UnixStream::connect(path).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        Raw { s: Box::new(s) }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -372,11 +422,16 @@ impl Raw {
 
     /// AUTH_LIST + CONNECT_OPEN("uml:///system").
     pub fn open(&mut self) {
+        self.open_flags(0);
+    }
+
+    /// AUTH_LIST + CONNECT_OPEN("uml:///system") with `flags` (1 = read-only).
+    pub fn open_flags(&mut self, flags: u32) {
         self.call(p::AUTH_LIST, 0, &());
         assert_eq!(self.reply().expect("auth list reply").0.status, Status::OK);
         self.send(&frame::encode_with(&call_header(p::CONNECT_OPEN, 1), |o| {
             Some("uml:///system".to_string()).encode(o);
-            0u32.encode(o);
+            flags.encode(o);
         }));
         assert_eq!(
             self.reply().expect("open reply").0.status,

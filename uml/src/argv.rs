@@ -44,6 +44,10 @@ pub struct ArgvEnv<'a> {
     /// guest's root can `mount -t hostfs` the whole host filesystem as the UML process's
     /// user (root, in system mode); an empty directory shuts that door.
     pub hostfs_root: Option<&'a Path>,
+    /// Lines the daemon connects to a pty it created: UML device (`con0`, `ssl1`) → the
+    /// file descriptor the guest process inherits for it (`con0=fd:3`). Other pts lines
+    /// get a pty UML creates itself.
+    pub line_fds: &'a [(String, i32)],
 }
 
 /// The full argv; argv[0] is the kernel path, to be executed as the program.
@@ -81,8 +85,8 @@ pub fn build(def: &DomainDef, env: &ArgvEnv) -> Result<Vec<OsString>, DefError> 
     }
     argv.push("con=null".into());
     argv.push("ssl=null".into());
-    push_lines(&mut argv, CharFamily::Console, &def.consoles);
-    push_lines(&mut argv, CharFamily::Serial, &def.serials);
+    push_lines(&mut argv, CharFamily::Console, &def.consoles, env.line_fds);
+    push_lines(&mut argv, CharFamily::Serial, &def.serials, env.line_fds);
     if let Some(initrd) = &def.os.initrd {
         argv.push(joined("initrd=", initrd));
     }
@@ -107,11 +111,21 @@ fn joined(prefix: &str, p: &Path) -> OsString {
     s
 }
 
-fn push_lines(argv: &mut Vec<OsString>, fam: CharFamily, list: &[CharDev]) {
+fn push_lines(
+    argv: &mut Vec<OsString>,
+    fam: CharFamily,
+    list: &[CharDev],
+    line_fds: &[(String, i32)],
+) {
     let mut sorted: Vec<&CharDev> = list.iter().collect();
     sorted.sort_by_key(|c| c.target_port);
     for c in sorted {
-        argv.push(format!("{}{}={}", fam.uml_prefix(), c.target_port, c.uml_channel()).into());
+        let dev = format!("{}{}", fam.uml_prefix(), c.target_port);
+        let channel = match line_fds.iter().find(|(d, _)| *d == dev) {
+            Some((_, fd)) if c.uml_channel() == "pts" => format!("fd:{fd}"),
+            _ => c.uml_channel().to_string(),
+        };
+        argv.push(format!("{dev}={channel}").into());
     }
 }
 

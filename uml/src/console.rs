@@ -160,6 +160,30 @@ pub fn start(pty: impl Into<PathBuf>, log: Option<ConsoleLog>) -> io::Result<Con
     let mut tio = termios::tcgetattr(&file)?;
     termios::cfmakeraw(&mut tio);
     termios::tcsetattr(&file, termios::SetArg::TCSANOW, &tio)?;
+    from_file(file, pty, log)
+}
+
+/// Pumps the master side of a pty the daemon created (see `process::PtyLine`); `pty` is
+/// the slave's path, for display. Must be called inside a tokio runtime.
+pub fn start_master(
+    master: std::os::fd::OwnedFd,
+    pty: impl Into<PathBuf>,
+    log: Option<ConsoleLog>,
+) -> io::Result<ConsolePump> {
+    let file = File::from(master);
+    let flags = nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&file),
+        nix::fcntl::FcntlArg::F_GETFL,
+    )?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&file),
+        nix::fcntl::FcntlArg::F_SETFL(flags),
+    )?;
+    from_file(file, pty.into(), log)
+}
+
+fn from_file(file: File, pty: PathBuf, log: Option<ConsoleLog>) -> io::Result<ConsolePump> {
     let log_file = log.as_ref().map(open_log).transpose()?;
 
     // SAFETY: the File owns an open fd and is moved into the AsyncFd, which closes it

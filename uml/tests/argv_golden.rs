@@ -37,6 +37,7 @@ fn build_for(xml: &str, notify: bool) -> Result<Vec<OsString>, DefError> {
         umid: &def.name,
         notify_socket: notify.then_some(Path::new("/run/virtumld/notify.sock")),
         hostfs_root: None,
+        line_fds: &[],
     };
     argv::build(&def, &env)
 }
@@ -119,6 +120,7 @@ fn environment_is_checked() {
             umid,
             notify_socket: *notify,
             hostfs_root: None,
+            line_fds: &[],
         };
         let e = argv::build(&def, &env).expect_err(umid);
         assert_eq!(e.vir_code(), domain::VIR_ERR_INTERNAL_ERROR, "{e}");
@@ -128,6 +130,7 @@ fn environment_is_checked() {
         umid: &"u".repeat(63),
         notify_socket: None,
         hostfs_root: None,
+        line_fds: &[],
     };
     assert!(argv::build(&def, &env).is_ok());
 }
@@ -142,6 +145,7 @@ fn definition_is_revalidated() {
         umid: "demo",
         notify_socket: None,
         hostfs_root: None,
+        line_fds: &[],
     };
     let e = argv::build(&def, &env).expect_err("cow separator");
     assert_eq!(e.vir_code(), domain::VIR_ERR_CONFIG_UNSUPPORTED);

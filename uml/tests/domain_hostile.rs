@@ -29,6 +29,7 @@ fn exercise(bytes: &[u8]) {
             umid: "guest",
             notify_socket: None,
             hostfs_root: None,
+            line_fds: &[],
         };
         let _ = argv::build(&def, &env);
     }

@@ -29,6 +29,7 @@ fn fake_spec(dir: &Path, umid: &str, script: &str) -> LaunchSpec {
         log_file: f.log,
         pty_devices: vec!["con0".into()],
         ready_timeout: Duration::from_secs(10),
+        inherit_fds: vec![],
     }
 }
 

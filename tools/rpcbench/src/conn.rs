@@ -260,13 +260,9 @@ impl Conn {
         }
     }
 
-    /// Waits for the reply with `serial`, answering PINGs and handing every other message
-    /// (events) to `other`.
-    pub async fn wait_reply(
-        &mut self,
-        serial: u32,
-        other: &mut dyn FnMut(&Header, &[u8]),
-    ) -> Result<(Header, BytesMut), CallError> {
+    /// Waits for the reply with `serial`, answering PINGs and skipping other messages
+    /// (events, replies to other serials).
+    pub async fn wait_reply(&mut self, serial: u32) -> Result<(Header, BytesMut), CallError> {
         loop {
             let msg = match self.read_message().await? {
                 Some(m) => m,
@@ -277,7 +273,7 @@ impl Conn {
                     )))
                 }
             };
-            let (h, payload) = frame::split(&msg)?;
+            let (h, _) = frame::split(&msg)?;
             if h.program == KEEPALIVE_PROGRAM {
                 if h.procedure == KEEPALIVE_PROC_PING {
                     self.queue_pong();
@@ -288,7 +284,6 @@ impl Conn {
             if h.kind == MessageType::REPLY && h.serial == serial {
                 return Ok((h, msg));
             }
-            other(&h, payload);
         }
     }
 
@@ -296,7 +291,7 @@ impl Conn {
     pub async fn call<A: Xdr, R: Xdr>(&mut self, procedure: i32, args: &A) -> Result<R, CallError> {
         let serial = self.queue_call(procedure, args);
         self.flush().await?;
-        let (h, msg) = self.wait_reply(serial, &mut |_, _| {}).await?;
+        let (h, msg) = self.wait_reply(serial).await?;
         let (_, payload) = frame::split(&msg)?;
         if h.status != Status::OK {
             return Err(match xdr::from_bytes::<RemoteError>(payload) {
@@ -305,9 +300,5 @@ impl Conn {
             });
         }
         Ok(xdr::from_bytes::<R>(payload)?)
-    }
-
-    pub async fn shutdown(&mut self) {
-        let _ = self.stream.shutdown().await;
     }
 }

@@ -10,7 +10,7 @@ use virtumld_protocol::procedures::proc as p;
 use virtumld_protocol::remote::{
     DomainDefineXmlArgs, DomainDefineXmlRet, DomainUndefineArgs, NonnullDomain,
 };
-use virtumld_protocol::xdr::{self, FixedOpaque};
+use virtumld_protocol::xdr;
 
 use crate::conn::{describe_error_payload, CallError, Conn};
 
@@ -44,9 +44,9 @@ pub struct XmlMaker {
 impl XmlMaker {
     pub fn new(opts: &XmlOpts, uri: &str) -> Result<XmlMaker, String> {
         let template = match &opts.xml_template {
-            Some(p) => Some(
-                std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
-            ),
+            Some(p) => {
+                Some(std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?)
+            }
             None => None,
         };
         let flavor = match opts.xml_flavor {
@@ -55,8 +55,8 @@ impl XmlMaker {
             Flavor::Auto if uri.starts_with("uml") => Flavor::Uml,
             Flavor::Auto => {
                 return Err(format!(
-                    "cannot tell which domain XML {uri} accepts: give --xml-flavor or --xml-template"
-                ))
+                "cannot tell which domain XML {uri} accepts: give --xml-flavor or --xml-template"
+            ))
             }
             f => f,
         };
@@ -146,9 +146,10 @@ pub async fn call_many(
             next += 1;
         }
         conn.flush().await?;
-        let msg = conn.read_message().await?.ok_or_else(|| {
-            CallError::Protocol("the server closed the connection".to_string())
-        })?;
+        let msg = conn
+            .read_message()
+            .await?
+            .ok_or_else(|| CallError::Protocol("the server closed the connection".to_string()))?;
         let (h, payload) = frame::split(&msg)?;
         if h.program == virtumld_protocol::header::KEEPALIVE_PROGRAM {
             if h.procedure == virtumld_protocol::header::KEEPALIVE_PROC_PING {
@@ -169,7 +170,10 @@ pub async fn call_many(
         }
         progress(done);
     }
-    Ok(results.into_iter().map(|r| r.expect("every call answered")).collect())
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("every call answered"))
+        .collect())
 }
 
 /// Defines `names` (pipelined); returns the domains defined and the first failure, if any.
@@ -220,11 +224,18 @@ pub async fn undefine_many(conn: &mut Conn, doms: &[NonnullDomain]) -> Result<us
     Ok(res.iter().filter(|r| r.is_err()).count())
 }
 
-/// A domain reference by name (for DOMAIN_GET_INFO and friends).
-pub fn nonnull(name: &str, uuid: [u8; 16], id: i32) -> NonnullDomain {
-    NonnullDomain {
-        name: name.to_string(),
-        uuid: FixedOpaque(uuid),
-        id,
+/// Writes `count` UML definitions named PREFIX-NNNNN straight into a definitions directory.
+pub fn gen_uml_defs(dir: &std::path::Path, count: usize, prefix: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut mk = XmlMaker {
+        flavor: Flavor::Uml,
+        template: None,
+        rng: 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()),
+    };
+    for i in 0..count {
+        let name = format!("{prefix}-{i:05}");
+        let uuid = uuid_string(&mk.uuid());
+        std::fs::write(dir.join(format!("{name}.xml")), uml_xml(&name, &uuid))?;
     }
+    Ok(())
 }

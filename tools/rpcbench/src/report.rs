@@ -40,7 +40,8 @@ impl Report {
     }
 
     pub fn text(&mut self, key: &str, v: &str) {
-        self.rows.push((key.to_string(), v.replace(char::is_whitespace, "_")));
+        self.rows
+            .push((key.to_string(), v.replace(char::is_whitespace, "_")));
     }
 
     /// Prints the summary and appends the rows to `out` as `tag.key value`.
@@ -119,7 +120,13 @@ pub fn compare(a: &Path, b: &Path, la: &str, lb: &str) -> std::io::Result<()> {
         lb,
         format!("{lb} ×better")
     );
-    println!("|{}|{}:|{}:|{}:|", "-".repeat(kw + 2), "-".repeat(vw + 1), "-".repeat(vw + 1), "-".repeat(13));
+    println!(
+        "|{}|{}:|{}:|{}:|",
+        "-".repeat(kw + 2),
+        "-".repeat(vw + 1),
+        "-".repeat(vw + 1),
+        "-".repeat(13)
+    );
     for k in keys {
         let va = ma.get(k).copied().unwrap_or("-");
         let vb = mb.get(k).copied().unwrap_or("-");
@@ -129,6 +136,186 @@ pub fn compare(a: &Path, b: &Path, la: &str, lb: &str) -> std::io::Result<()> {
             _ => String::new(),
         };
         println!("| {k:<kw$} | {va:>vw$} | {vb:>vw$} | {ratio:>12} |");
+    }
+    Ok(())
+}
+
+fn lookup(rows: &[(String, String)], key: &str) -> Option<f64> {
+    rows.iter()
+        .find(|(k, _)| k == key)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// The first key present in `rows` among those ending in `suffix` and starting with `prefix`.
+fn find_key(rows: &[(String, String)], prefix: &str, suffix: &str) -> Option<String> {
+    rows.iter()
+        .map(|(k, _)| k)
+        .find(|k| k.starts_with(prefix) && k.ends_with(suffix))
+        .cloned()
+}
+
+/// Checks the performance targets against a libvirtd (`a`) and a virtumld (`b`)
+/// result file written by tools/bench-vs-libvirtd, and prints one line per target.
+pub fn targets(a: &Path, b: &Path) -> std::io::Result<()> {
+    let l = read_rows(a)?;
+    let v = read_rows(b)?;
+    let mut lines: Vec<(String, String, Option<bool>)> = Vec::new();
+    let fmt = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.1}"));
+    // 1. server CPU per simple call.
+    for key in [
+        "version_16x16.server_cpu_us",
+        "info_16x16.server_cpu_us",
+        "version_1x1.server_cpu_us",
+    ] {
+        let (x, y) = (lookup(&l, key), lookup(&v, key));
+        lines.push((
+            format!("server CPU per call <= 10 us ({key})"),
+            format!("virtumld {} us, libvirtd {} us", fmt(y), fmt(x)),
+            y.map(|y| y <= 10.0),
+        ));
+    }
+    // 2./3./4. ratios against libvirtd.
+    let ratio = |key: &str, higher: bool| -> (Option<f64>, Option<f64>, Option<f64>) {
+        let (x, y) = (lookup(&l, key), lookup(&v, key));
+        let r = match (x, y) {
+            (Some(x), Some(y)) if higher && x > 0.0 => Some(y / x),
+            (Some(x), Some(y)) if !higher && y > 0.0 => Some(x / y),
+            _ => None,
+        };
+        (x, y, r)
+    };
+    for (what, key, higher) in [
+        (
+            ">= 5x libvirtd replies/s",
+            "version_16x16.replies_per_s",
+            true,
+        ),
+        (">= 5x libvirtd replies/s", "info_16x16.replies_per_s", true),
+        (
+            "p99 >= 5x lower at equal load",
+            "version_16x16.p99_us",
+            false,
+        ),
+        ("p99 >= 5x lower at equal load", "info_16x16.p99_us", false),
+        ("p99 >= 5x lower at equal load", "version_1x1.p99_us", false),
+        (
+            "p99 >= 5x lower at equal load",
+            "version_2000rps.p99_us",
+            false,
+        ),
+        (
+            "p99 >= 5x lower at equal load",
+            "info_2000rps.p99_us",
+            false,
+        ),
+        (
+            "open+close >= 5x libvirtd's rate",
+            "open_1.opens_per_s",
+            true,
+        ),
+        (
+            "open+close >= 5x libvirtd's rate",
+            "open_4.opens_per_s",
+            true,
+        ),
+    ] {
+        let (x, y, r) = ratio(key, higher);
+        lines.push((
+            format!("{what} ({key})"),
+            format!(
+                "virtumld {}, libvirtd {}, ratio {:.2}",
+                fmt(y),
+                fmt(x),
+                r.unwrap_or(f64::NAN)
+            ),
+            r.map(|r| r >= 5.0),
+        ));
+    }
+    // 5. idle RSS.
+    let rss = lookup(&v, "start.idle_rss_kib");
+    lines.push((
+        "idle RSS <= 10 MB (fresh daemon)".into(),
+        format!(
+            "virtumld {} KiB, libvirtd {} KiB",
+            fmt(rss),
+            fmt(lookup(&l, "start.idle_rss_kib"))
+        ),
+        rss.map(|r| r <= 10.0 * 1024.0),
+    ));
+    // 6./7. idle connections.
+    if let Some(k) = find_key(&v, "idle_", ".per_conn_bytes") {
+        let (x, y) = (lookup(&l, &k), lookup(&v, &k));
+        lines.push((
+            format!("memory per idle connection <= libvirtd's ({k})"),
+            format!("virtumld {} B, libvirtd {} B", fmt(y), fmt(x)),
+            match (x, y) {
+                (Some(x), Some(y)) => Some(y <= x),
+                _ => None,
+            },
+        ));
+        let tag = k.trim_end_matches(".per_conn_bytes");
+        let held = lookup(&v, &format!("{tag}.conns_held"));
+        let want = lookup(&v, &format!("{tag}.conns_requested"));
+        let p99 = lookup(&v, &format!("{tag}.canary_p99_us"));
+        lines.push((
+            format!("{} idle connections held, canary p99 < 1 ms", fmt(want)),
+            format!(
+                "virtumld held {} with canary p99 {} us; libvirtd held {} with p99 {} us",
+                fmt(held),
+                fmt(p99),
+                fmt(lookup(&l, &format!("{tag}.conns_held"))),
+                fmt(lookup(&l, &format!("{tag}.canary_p99_us")))
+            ),
+            match (held, want, p99) {
+                (Some(h), Some(w), Some(p)) if w >= 10_000.0 => Some(h >= w && p < 1000.0),
+                _ => None,
+            },
+        ));
+    }
+    // 8./9. many domains.
+    if let Some(k) = find_key(&v, "list_", ".domains_listed")
+        .into_iter()
+        .chain(v.iter().map(|(k, _)| k.clone()))
+        .filter(|k| k.starts_with("list_") && k.ends_with(".domains_listed"))
+        .max_by_key(|k| lookup(&v, k).unwrap_or(0.0) as u64)
+    {
+        let tag = k.trim_end_matches(".domains_listed");
+        let n = lookup(&v, &k).unwrap_or(0.0);
+        let p50 = lookup(&v, &format!("{tag}.p50_us"));
+        let p99 = lookup(&v, &format!("{tag}.p99_us"));
+        lines.push((
+            format!("CONNECT_LIST_ALL_DOMAINS with {n:.0} domains < 20 ms"),
+            format!(
+                "virtumld p50 {} us p99 {} us; libvirtd p50 {} us p99 {} us",
+                fmt(p50),
+                fmt(p99),
+                fmt(lookup(&l, &format!("{tag}.p50_us"))),
+                fmt(lookup(&l, &format!("{tag}.p99_us")))
+            ),
+            p99.filter(|_| n >= 10_000.0).map(|p| p < 20_000.0),
+        ));
+    }
+    if let Some(k) = find_key(&v, "start_", ".list_ready_ms") {
+        let ms = lookup(&v, &k);
+        let tag = k.trim_end_matches(".list_ready_ms");
+        let n = lookup(&v, &format!("{tag}.domains_listed")).unwrap_or(0.0);
+        lines.push((
+            format!("daemon start with {n:.0} definitions < 1 s"),
+            format!(
+                "virtumld answered after {} ms and listed them all after {} ms",
+                fmt(lookup(&v, &format!("{tag}.handshake_ready_ms"))),
+                fmt(ms)
+            ),
+            ms.filter(|_| n >= 10_000.0).map(|m| m < 1000.0),
+        ));
+    }
+    for (what, val, ok) in lines {
+        let verdict = match ok {
+            Some(true) => "MET   ",
+            Some(false) => "MISSED",
+            None => "n/a   ",
+        };
+        println!("{verdict} {what}: {val}");
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 
 use crate::stats::{self, ServerSample};
 
-pub const WARMUP: u8 = 0;
+/// Phases: 0 = warm-up (the default), then these.
 pub const MEASURE: u8 = 1;
 pub const STOP: u8 = 2;
 
@@ -80,6 +80,8 @@ pub struct Window {
     pub before: ServerSample,
     pub after: ServerSample,
     pub client_cpu_s: f64,
+    /// Time our own threads waited for a CPU during the window.
+    pub client_runq_wait_s: Option<f64>,
     pub measured: u64,
     pub errors: u64,
     pub workers_failed: usize,
@@ -183,6 +185,7 @@ pub async fn drive<T: Send + 'static>(
     }
     let before = stats::sample(s.pid);
     let c0 = stats::self_cpu_seconds();
+    let q0 = stats::proc_runq_wait_seconds(std::process::id());
     let t0 = Instant::now();
     run.set_phase(MEASURE);
     loop {
@@ -212,6 +215,10 @@ pub async fn drive<T: Send + 'static>(
     let elapsed = t0.elapsed();
     let after = stats::sample(s.pid);
     let client_cpu_s = stats::self_cpu_seconds() - c0;
+    let client_runq_wait_s = match (q0, stats::proc_runq_wait_seconds(std::process::id())) {
+        (Some(a), Some(b)) => Some((b - a).max(0.0)),
+        _ => None,
+    };
     run.set_phase(STOP);
     prog.done();
     let mut out = Vec::new();
@@ -234,6 +241,7 @@ pub async fn drive<T: Send + 'static>(
             before,
             after,
             client_cpu_s,
+            client_runq_wait_s,
             measured,
             errors: run.errors.load(Ordering::Acquire),
             workers_failed: run.failed.load(Ordering::Acquire),

@@ -22,6 +22,7 @@ impl Latencies {
         self.sorted = false;
     }
 
+    #[cfg(test)]
     pub fn push_ns(&mut self, ns: u64) {
         self.samples.push(ns);
         self.sorted = false;
@@ -62,14 +63,6 @@ impl Latencies {
     pub fn max_us(&mut self) -> Option<f64> {
         self.quantile_us(1.0)
     }
-
-    pub fn mean_us(&self) -> Option<f64> {
-        if self.samples.is_empty() {
-            return None;
-        }
-        let sum: u128 = self.samples.iter().map(|&s| s as u128).sum();
-        Some(sum as f64 / self.samples.len() as f64 / 1000.0)
-    }
 }
 
 pub fn clk_tck() -> f64 {
@@ -92,6 +85,28 @@ pub fn proc_cpu_seconds(pid: u32) -> Option<f64> {
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
     Some((utime + stime) as f64 / clk_tck())
+}
+
+/// Time the process's living threads spent runnable but waiting for a CPU, in seconds
+/// (second field of /proc/PID/task/TID/schedstat): how much the machine's other load
+/// delayed the server.
+pub fn proc_runq_wait_seconds(pid: u32) -> Option<f64> {
+    let mut total = 0u64;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let mut p = t.path();
+        p.push("schedstat");
+        if let Ok(s) = std::fs::read_to_string(p) {
+            total += s
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Some(total as f64 / 1e9)
 }
 
 /// Number of threads of a process.
@@ -163,6 +178,7 @@ pub struct ServerSample {
     pub rss_kib: Option<u64>,
     pub fds: Option<u64>,
     pub threads: Option<u64>,
+    pub runq_wait_s: Option<f64>,
 }
 
 pub fn sample(pid: Option<u32>) -> ServerSample {
@@ -173,6 +189,7 @@ pub fn sample(pid: Option<u32>) -> ServerSample {
             rss_kib: proc_rss_kib(pid),
             fds: proc_fds(pid),
             threads: proc_threads(pid),
+            runq_wait_s: proc_runq_wait_seconds(pid),
         },
     }
 }

@@ -21,7 +21,7 @@ mod reaper;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
@@ -39,6 +39,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::mconsole::{self, Mconsole, MconsoleError, NotifyKind};
+
+/// Inherited descriptors are staged at or above this number before being placed.
+const INHERIT_HIGH_FD: i32 = 256;
 
 /// UML's `UMID_LEN` is 64 including the terminating NUL.
 pub const MAX_UMID_LEN: usize = 63;
@@ -231,6 +234,9 @@ pub struct LaunchSpec {
     pub pty_devices: Vec<String>,
     /// From spawn to "mconsole answers and console ptys are known".
     pub ready_timeout: Duration,
+    /// Descriptors the guest inherits, at the given numbers (e.g. the pty a console line
+    /// uses, see [`PtyLine`]). Targets must be 3 or more and distinct.
+    pub inherit_fds: Vec<(Arc<OwnedFd>, i32)>,
 }
 
 /// A running (or, once it has exited, a formerly running) guest process.
@@ -449,15 +455,37 @@ pub async fn launch(spec: &LaunchSpec) -> Result<Guest, Error> {
                 .map_err(io_err("cannot duplicate the log fd"))?,
         )
         .stderr(log);
-    // SAFETY: runs in the forked child before exec; setsid is async-signal-safe and
-    // touches no memory shared with the parent.
+    // Sources first go above every target, so placing one never overwrites another.
+    let mut moves = Vec::with_capacity(spec.inherit_fds.len());
+    for (fd, target) in &spec.inherit_fds {
+        let high = nix::fcntl::fcntl(
+            fd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(INHERIT_HIGH_FD),
+        )
+        .map_err(|e| io_err("cannot duplicate an inherited fd")(io::Error::from(e)))?;
+        // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor, owned by nobody else.
+        moves.push((unsafe { OwnedFd::from_raw_fd(high) }, *target));
+    }
+    let raw_moves: Vec<(i32, i32)> = moves.iter().map(|(f, t)| (f.as_raw_fd(), *t)).collect();
+    // SAFETY: runs in the forked child before exec; setsid and dup2 are async-signal-safe
+    // and the closure only reads `raw_moves`, which the parent does not change meanwhile.
     unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
+        cmd.pre_exec(move || {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            for &(from, to) in &raw_moves {
+                // dup2 clears close-on-exec on the target: the guest keeps it.
+                if nix::libc::dup2(from, to) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
     let child = reaper::spawn(&mut cmd).map_err(io_err(format!(
         "cannot start {}",
         Path::new(&spec.argv[0]).display()
     )))?;
+    drop(moves);
     // Read at once: the child cannot have been reaped yet unless it already died, and
     // then start_time does not matter.
     let start_time = start_time_of(child.pid).unwrap_or(0);
@@ -659,7 +687,58 @@ pub async fn reattach(
     Ok(guest)
 }
 
+/// A pty the daemon creates for a console line, so the line outlives the daemon: the guest
+/// gets the slave as the line (`conN=fd:K`) and inherits a copy of the master that it never
+/// uses, which keeps the pty from hanging up while no daemon holds the master. A restarted
+/// daemon takes the master back with [`Guest::take_fd`].
+#[derive(Debug)]
+pub struct PtyLine {
+    pub master: OwnedFd,
+    pub slave: OwnedFd,
+    /// `/dev/pts/N`, as shown to clients.
+    pub path: PathBuf,
+}
+
+impl PtyLine {
+    pub fn open() -> io::Result<PtyLine> {
+        let pty = nix::pty::openpty(None, None).map_err(io::Error::from)?;
+        for fd in [&pty.master, &pty.slave] {
+            nix::fcntl::fcntl(
+                fd.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .map_err(io::Error::from)?;
+        }
+        // The guest drives the line: no echo or line editing on the host side.
+        let mut tio = nix::sys::termios::tcgetattr(&pty.slave).map_err(io::Error::from)?;
+        nix::sys::termios::cfmakeraw(&mut tio);
+        nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &tio)
+            .map_err(io::Error::from)?;
+        let path = fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd()))?;
+        Ok(PtyLine {
+            master: pty.master,
+            slave: pty.slave,
+            path,
+        })
+    }
+}
+
 impl Guest {
+    /// A duplicate of the guest's descriptor `fd` (pidfd_getfd; Linux 5.6+, needs the
+    /// right to ptrace the guest, which its owner and root have).
+    pub fn take_fd(&self, fd: i32) -> io::Result<OwnedFd> {
+        // SAFETY: pidfd_getfd takes a pidfd we own, a plain integer and flags 0; it returns
+        // a new descriptor that nothing else owns, or -1.
+        let r = unsafe {
+            nix::libc::syscall(nix::libc::SYS_pidfd_getfd, self.pidfd.as_raw_fd(), fd, 0)
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor returned by the kernel just above.
+        Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+    }
+
     pub fn mconsole(&self) -> Mconsole {
         Mconsole::new(&self.mconsole_path)
     }

@@ -131,6 +131,7 @@ pub fn spec(image: &Path, umid: &str, dir: &Path, ptys: &[&str], extra: &[&str])
         log_file: f.log,
         pty_devices: ptys.iter().map(|s| s.to_string()).collect(),
         ready_timeout: Duration::from_secs(15),
+        inherit_fds: vec![],
     }
 }
 
