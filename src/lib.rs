@@ -4,6 +4,8 @@
 //! - `cli`, `config`, `paths`: command line, libvirtd.conf-style file, where files live.
 //! - `server`: listeners, client limit, idle timeout, shutdown; `tls`: the TLS listener's
 //!   credentials, client certificate and DN checks, confirmation byte.
+//! - `activation`: systemd socket activation (inherited listeners) and `sd_notify`;
+//!   `admin`: the admin socket, which refuses every call for now.
 //! - `rpc/`: the transport: `connection` (framing, keepalive, per-call tasks, writer),
 //!   `client` (per-connection state).
 //! - `remote/`: dispatch. `remote/mod.rs` holds the one `match` from procedure number to
@@ -13,6 +15,8 @@
 //! - The UML backend is the `virtumld-uml` crate (`uml/`); the wire types are the
 //!   `virtumld-protocol` crate (`protocol/`).
 
+pub mod activation;
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod daemon;

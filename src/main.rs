@@ -12,6 +12,14 @@ use virtumld::paths::{Mode, Paths};
 use virtumld::{driver, host, server};
 
 fn main() -> ExitCode {
+    // Before anything else: the process has one thread and no descriptor of its own yet.
+    let inherited = match virtumld::activation::take() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("virtumld: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let opts = match cli::parse(std::env::args().skip(1)) {
         Ok(Parsed::Run(o)) => o,
         Ok(Parsed::Help) => {
@@ -66,7 +74,7 @@ fn main() -> ExitCode {
         .pid_file
         .clone()
         .unwrap_or_else(|| paths.pid_file.clone());
-    let code = runtime.block_on(run(mode, config, paths, opts, &pid_file));
+    let code = runtime.block_on(run(mode, config, paths, opts, &pid_file, inherited));
     let _ = std::fs::remove_file(pid_file);
     code
 }
@@ -96,6 +104,7 @@ async fn run(
     paths: Paths,
     opts: cli::Options,
     pid_file: &std::path::Path,
+    inherited: Vec<virtumld::activation::Inherited>,
 ) -> ExitCode {
     let uml_version = host::uml_version(&config.uml_kernel).unwrap_or_else(|| {
         warn!(
@@ -110,7 +119,7 @@ async fn run(
     }
     let driver = driver::Driver::start(paths.clone()).await;
     let daemon = Arc::new(Daemon::new(mode, config, paths, uml_version, driver));
-    let server = match server::Server::bind(daemon.clone(), opts.listen).await {
+    let server = match server::Server::bind_with(daemon.clone(), opts.listen, inherited).await {
         Ok(s) => s,
         Err(e) => {
             error!("{e}");
@@ -122,6 +131,7 @@ async fn run(
         error!("cannot write pid file {}: {e}", pid_file.display());
         return ExitCode::from(1);
     }
+    virtumld::activation::notify_ready();
     info!(
         "virtumld {} serving uml://{} (sockets in {})",
         env!("CARGO_PKG_VERSION"),

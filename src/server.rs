@@ -12,6 +12,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn, Instrument};
 
+use crate::activation::{self, Inherited, Role};
 use crate::daemon::Daemon;
 use crate::paths::Mode;
 use crate::rpc::client::Transport;
@@ -80,11 +81,52 @@ fn bind_unix(
     Ok(l)
 }
 
+/// `libvirt-sock` and `libvirt-sock-ro`: bound like ours when free or stale; a live one
+/// belongs to a libvirtd and is left alone, and any other failure only costs the ssh
+/// clients' `nc` fallback, so neither stops the daemon.
+fn bind_legacy_unix(
+    path: &Path,
+    mode: u32,
+    group: Option<nix::unistd::Gid>,
+) -> Option<UnixListener> {
+    match bind_unix(path, mode, group) {
+        Ok(l) => Some(l),
+        Err(StartError::InUse(p)) => {
+            info!(
+                "{} is served by another daemon (libvirtd?): not listening there",
+                p.display()
+            );
+            None
+        }
+        Err(e) => {
+            warn!("not listening on {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// A listening socket systemd handed over, as a tokio listener.
+fn inherited_unix(s: Inherited) -> Result<UnixListener, StartError> {
+    let l = std::os::unix::net::UnixListener::from(s.fd);
+    l.set_nonblocking(true)
+        .and_then(|()| UnixListener::from_std(l))
+        .map_err(|e| StartError::Config(format!("socket activation: {e}")))
+}
+
+fn inherited_tcp(s: Inherited) -> Result<TcpListener, StartError> {
+    let l = std::net::TcpListener::from(s.fd);
+    l.set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(l))
+        .map_err(|e| StartError::Config(format!("socket activation: {e}")))
+}
+
 enum Listener {
     Unix {
         listener: UnixListener,
         path: PathBuf,
         read_only: bool,
+        /// The admin socket: served by `crate::admin`, not the remote program.
+        admin: bool,
     },
     Tcp(TcpListener),
     Tls(TcpListener, Arc<Tls>),
@@ -99,6 +141,18 @@ pub struct Server {
 impl Server {
     /// Opens every listener the mode and configuration ask for.
     pub async fn bind(daemon: Arc<Daemon>, listen: bool) -> Result<Server, StartError> {
+        Self::bind_with(daemon, listen, Vec::new()).await
+    }
+
+    /// Like `bind`, using first the sockets systemd handed over (`crate::activation`): a
+    /// kind of listener that was handed over is not bound again, and activated TCP/TLS
+    /// sockets are served without `--listen`. Only the sockets bound here are removed on
+    /// exit.
+    pub async fn bind_with(
+        daemon: Arc<Daemon>,
+        listen: bool,
+        inherited: Vec<Inherited>,
+    ) -> Result<Server, StartError> {
         let cfg = &daemon.config;
         let sock_dir = cfg
             .unix_sock_dir
@@ -106,45 +160,16 @@ impl Server {
             .unwrap_or_else(|| daemon.paths.socket_dir.clone());
         let mut listeners = Vec::new();
         let mut socket_paths = Vec::new();
-        let group = cfg
-            .unix_sock_group
-            .as_deref()
-            .map(lookup_group)
-            .transpose()?;
-        let rw = sock_dir.join("virtumld-sock");
-        listeners.push(Listener::Unix {
-            listener: bind_unix(&rw, cfg.unix_sock_rw_perms, group)?,
-            path: rw.clone(),
-            read_only: false,
-        });
-        socket_paths.push(rw);
-        // Session daemons have no read-only socket: clients use the one socket with flags.
-        if daemon.mode == crate::paths::Mode::System {
-            let ro = sock_dir.join("virtumld-sock-ro");
-            listeners.push(Listener::Unix {
-                listener: bind_unix(&ro, cfg.unix_sock_ro_perms, group)?,
-                path: ro.clone(),
-                read_only: true,
-            });
-            socket_paths.push(ro);
-        }
-        let addr_for = |port: u16| {
-            if cfg.listen_addr.contains(':') {
-                format!("[{}]:{}", cfg.listen_addr, port)
-            } else {
-                format!("{}:{}", cfg.listen_addr, port)
+        let mut tls_creds: Option<Arc<Tls>> = None;
+        let mut load_tls = || -> Result<Arc<Tls>, StartError> {
+            if let Some(t) = &tls_creds {
+                return Ok(t.clone());
             }
-        };
-        if listen && cfg.listen_tls {
             // Credentials first: a missing or bad file stops the daemon before it listens.
             let files = tls::Files::resolve(cfg, &daemon.paths);
-            let tls = Tls::load(cfg, &files).map_err(StartError::Config)?;
-            let addr = addr_for(cfg.tls_port);
-            let l = TcpListener::bind(&addr)
-                .await
-                .map_err(io_err(Path::new(&addr)))?;
+            let tls = Arc::new(Tls::load(cfg, &files).map_err(StartError::Config)?);
             info!(
-                "listening on tls {addr} (certificate {}, CA {}{})",
+                "TLS certificate {}, CA {}{}",
                 files.cert.display(),
                 files.ca.display(),
                 files
@@ -153,9 +178,113 @@ impl Server {
                     .map(|c| format!(", CRL {}", c.display()))
                     .unwrap_or_default()
             );
-            listeners.push(Listener::Tls(l, Arc::new(tls)));
+            tls_creds = Some(tls.clone());
+            Ok(tls)
+        };
+        let (mut have_rw, mut have_ro, mut have_tcp, mut have_tls) = (false, false, false, false);
+        let mut activated_paths = Vec::new();
+        for s in inherited {
+            let role = activation::classify(&s, cfg.tls_port).map_err(StartError::Config)?;
+            info!("socket activation: {role}");
+            match role {
+                Role::UnixRw(ref path) | Role::UnixRo(ref path) | Role::Admin(ref path) => {
+                    let path = path.clone();
+                    let read_only = !matches!(role, Role::UnixRw(_));
+                    let admin = matches!(role, Role::Admin(_));
+                    have_rw |= !read_only;
+                    have_ro |= read_only && !admin;
+                    activated_paths.push(path.clone());
+                    listeners.push(Listener::Unix {
+                        listener: inherited_unix(s)?,
+                        path,
+                        read_only,
+                        admin,
+                    });
+                }
+                Role::Tcp => {
+                    have_tcp = true;
+                    listeners.push(Listener::Tcp(inherited_tcp(s)?));
+                }
+                Role::Tls => {
+                    have_tls = true;
+                    listeners.push(Listener::Tls(inherited_tcp(s)?, load_tls()?));
+                }
+            }
         }
-        if listen && cfg.listen_tcp {
+        let group = cfg
+            .unix_sock_group
+            .as_deref()
+            .map(lookup_group)
+            .transpose()?;
+        if daemon.mode == Mode::Session {
+            // The per-user socket directory is private (as the client makes it).
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&sock_dir)
+                .map_err(io_err(&sock_dir))?;
+        }
+        if !have_rw {
+            let rw = sock_dir.join("virtumld-sock");
+            listeners.push(Listener::Unix {
+                listener: bind_unix(&rw, cfg.unix_sock_rw_perms, group)?,
+                path: rw.clone(),
+                read_only: false,
+                admin: false,
+            });
+            socket_paths.push(rw);
+        }
+        // Session daemons have no read-only socket: clients use the one socket with flags.
+        if daemon.mode == Mode::System && !have_ro {
+            let ro = sock_dir.join("virtumld-sock-ro");
+            listeners.push(Listener::Unix {
+                listener: bind_unix(&ro, cfg.unix_sock_ro_perms, group)?,
+                path: ro.clone(),
+                read_only: true,
+                admin: false,
+            });
+            socket_paths.push(ro);
+        }
+        // The paths the ssh clients' `nc -U` fallback connects to (wire-protocol.md §13.4).
+        if daemon.mode == Mode::System && cfg.listen_legacy_sockets {
+            for (name, read_only, perms) in [
+                ("libvirt-sock", false, cfg.unix_sock_rw_perms),
+                ("libvirt-sock-ro", true, cfg.unix_sock_ro_perms),
+            ] {
+                let path = sock_dir.join(name);
+                if activated_paths.contains(&path) {
+                    continue;
+                }
+                if let Some(listener) = bind_legacy_unix(&path, perms, group) {
+                    info!("listening on {} (legacy path)", path.display());
+                    listeners.push(Listener::Unix {
+                        listener,
+                        path: path.clone(),
+                        read_only,
+                        admin: false,
+                    });
+                    socket_paths.push(path);
+                }
+            }
+        }
+        let addr_for = |port: u16| {
+            if cfg.listen_addr.contains(':') {
+                format!("[{}]:{}", cfg.listen_addr, port)
+            } else {
+                format!("{}:{}", cfg.listen_addr, port)
+            }
+        };
+        if listen && cfg.listen_tls && !have_tls {
+            let tls = load_tls()?;
+            let addr = addr_for(cfg.tls_port);
+            let l = TcpListener::bind(&addr)
+                .await
+                .map_err(io_err(Path::new(&addr)))?;
+            info!("listening on tls {addr}");
+            listeners.push(Listener::Tls(l, tls));
+        }
+        if listen && cfg.listen_tcp && !have_tcp {
             let addr = addr_for(cfg.tcp_port);
             let l = TcpListener::bind(&addr)
                 .await
@@ -270,6 +399,7 @@ async fn accept_loop(
                     let (r, w) = s.into_split();
                     connection::serve(d, r, w, transport, peer, stop).await
                 }
+                Stream::Admin(s) => crate::admin::serve(s, peer, stop).await,
                 Stream::Tcp(s) => {
                     let _ = s.set_nodelay(true);
                     let (r, w) = s.into_split();
@@ -307,6 +437,7 @@ async fn accept_loop(
 
 enum Stream {
     Unix(tokio::net::UnixStream),
+    Admin(tokio::net::UnixStream),
     Tcp(tokio::net::TcpStream),
     Tls(tokio::net::TcpStream, Arc<Tls>),
 }
@@ -317,6 +448,7 @@ async fn accept(daemon: &Daemon, l: &Listener) -> std::io::Result<(Stream, Trans
             listener,
             path,
             read_only,
+            admin,
         } => {
             let (s, _) = loop {
                 let (s, addr) = listener.accept().await?;
@@ -340,8 +472,13 @@ async fn accept(daemon: &Daemon, l: &Listener) -> std::io::Result<(Stream, Trans
                 Ok(c) => format!("unix:{} uid={}", path.display(), c.uid()),
                 Err(_) => format!("unix:{}", path.display()),
             };
+            let stream = if *admin {
+                Stream::Admin(s)
+            } else {
+                Stream::Unix(s)
+            };
             Ok((
-                Stream::Unix(s),
+                stream,
                 Transport::Unix {
                     read_only: *read_only,
                 },

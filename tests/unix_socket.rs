@@ -113,8 +113,13 @@ impl Session {
     fn start() -> Session {
         let root = tempfile::tempdir().unwrap();
         open_up(root.path());
+        // A session daemon creates its socket directory 0700 (as libvirtd) but leaves an
+        // existing one alone: make it reachable, and the socket mode 0777, so only the uid
+        // check stands between another user and the daemon.
+        let run = root.path().join("run/libvirt");
+        std::fs::create_dir_all(&run).unwrap();
+        open_up(&run);
         let conf = root.path().join("virtumld.conf");
-        // Mode 0777, so only the uid check stands between another user and the daemon.
         std::fs::write(&conf, "unix_sock_rw_perms = \"0777\"\n").unwrap();
         let log = std::fs::File::create(root.path().join("daemon.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_virtumld"))

@@ -4,9 +4,11 @@
 //! equal `DomainDef` and formats identically (a fixed point); the live XML (`to_xml(Some(..))`,
 //! with an id and a pty path for every pty line) is produced without panicking and also parses
 //! back to the same definition (its additions are live-only and not stored); `argv::build` with
-//! a fixed environment does not panic.
+//! a fixed environment does not panic, and a command line it returns keeps the promises of
+//! `uml/src/argv.rs` (see `check_argv`).
 #![no_main]
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use libfuzzer_sys::fuzz_target;
@@ -58,5 +60,54 @@ fuzz_target!(|data: &[u8]| {
         hostfs_root: Some(Path::new("/run/libvirt/uml/hostfs")),
         line_fds: &[],
     };
-    let _ = argv::build(&def, &env);
+    if let Ok(argv) = argv::build(&def, &env) {
+        check_argv(&def, &argv);
+    }
 });
+
+/// What `argv::build` promises about a command line it returns: UML joins argv[1..] with
+/// spaces into the kernel command line, which must fit and must split back into the same
+/// words (one argv word, one parameter: nothing from the XML can smuggle in another);
+/// the daemon's own host options appear once each, and no `<cmdline>` word is one of them.
+fn check_argv(def: &DomainDef, argv: &[OsString]) {
+    let words: Vec<&str> = argv[1..]
+        .iter()
+        .map(|w| w.to_str().expect("argv words come from UTF-8 XML"))
+        .collect();
+    let line = words.join(" ");
+    assert!(
+        line.len() <= argv::MAX_COMMAND_LINE,
+        "command line of {} bytes accepted",
+        line.len()
+    );
+    assert_eq!(
+        argv::split_cmdline(&line),
+        words,
+        "the kernel would split the command line into other words"
+    );
+    for prefix in [
+        "mem=",
+        "umid=",
+        "uml_dir=",
+        "mconsole=",
+        "hostfs=",
+        "con=",
+        "ssl=",
+    ] {
+        let n = words.iter().filter(|w| w.starts_with(prefix)).count();
+        assert_eq!(n, 1, "{n} words start with {prefix}: {words:?}");
+    }
+    let ubd = words.iter().filter(|w| w.starts_with("ubd")).count();
+    assert_eq!(ubd, def.disks.len(), "ubd words: {words:?}");
+    let user = def
+        .os
+        .cmdline
+        .as_deref()
+        .map_or(0, |c| argv::split_cmdline(c).len());
+    for w in &words[words.len() - user..] {
+        assert!(
+            argv::reserved_cmdline_word(w).is_none(),
+            "reserved word {w:?} passed through <cmdline>"
+        );
+    }
+}

@@ -64,8 +64,14 @@ mod tests {
     #[test]
     fn length_word_rules() {
         assert_eq!(message_len(&[0, 0, 0], 1 << 20), Ok(None));
-        assert_eq!(message_len(&[0, 0, 0, 4], 1 << 20), Err(FrameError::TooShort(4)));
-        assert_eq!(message_len(&[0, 0, 0, 27], 1 << 20), Err(FrameError::TooShort(27)));
+        assert_eq!(
+            message_len(&[0, 0, 0, 4], 1 << 20),
+            Err(FrameError::TooShort(4))
+        );
+        assert_eq!(
+            message_len(&[0, 0, 0, 27], 1 << 20),
+            Err(FrameError::TooShort(27))
+        );
         assert_eq!(message_len(&[0, 0, 0, 28], 1 << 20), Ok(Some(28)));
         // The cap of the phase applies, and never more than 32 MiB.
         assert!(message_len(&65_537u32.to_be_bytes(), 65_536).is_err());
@@ -80,8 +86,8 @@ mod tests {
     #[test]
     fn auth_list_call_from_the_wire() {
         let raw = [
-            0, 0, 0, 0x1c, 0x20, 0, 0x80, 0x86, 0, 0, 0, 1, 0, 0, 0, 0x42, 0, 0, 0, 0, 0, 0, 0,
-            0, 0, 0, 0, 0,
+            0, 0, 0, 0x1c, 0x20, 0, 0x80, 0x86, 0, 0, 0, 1, 0, 0, 0, 0x42, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0,
         ];
         let (h, payload) = split(&raw).unwrap();
         assert_eq!(h.program, REMOTE_PROGRAM);

@@ -3,6 +3,12 @@
 /// Initial read buffer of libvirtd; also virtumld's cap on a whole message before a client
 /// has authenticated, so an anonymous peer cannot make the daemon reserve 32 MiB.
 pub const MESSAGE_INITIAL: usize = 65_536;
+/// virtumld's cap on a whole message before authentication when the listener uses SASL:
+/// room for an `AUTH_SASL_START` carrying [`AUTH_SASL_DATA_MAX`] bytes, which rpcgen's
+/// `char data<>` sends as one 4-byte word each, plus the header, a mechanism name of up to
+/// 256 bytes (RFC 4422 names have at most 20), `nil` and the array's length word.
+pub const MESSAGE_PRE_AUTH_SASL_MAX: usize =
+    MESSAGE_HEADER_LEN + (4 + 256) + 4 + 4 + 4 * AUTH_SASL_DATA_MAX;
 /// Largest whole message, length word included.
 pub const MESSAGE_MAX: usize = 33_554_432;
 /// Length word plus header.

@@ -28,6 +28,7 @@
 
 use bytes::{BufMut, BytesMut};
 
+use crate::limits::AUTH_SASL_DATA_MAX;
 use crate::limits::{
     AUTH_TYPE_LIST_MAX, CONNECT_GET_ALL_DOMAIN_STATS_MAX, CPUMAPS_MAX, CPUMAP_MAX, DOMAIN_LIST_MAX,
     DOMAIN_MESSAGES_MAX, NODE_CPU_STATS_MAX, NODE_MEMORY_STATS_MAX, SECURITY_DOI_MAX,
@@ -1364,6 +1365,44 @@ xdr_struct! {
     /// STORAGE_POOL_LOOKUP_BY_TARGET_PATH (391).
     pub struct StoragePoolLookupByTargetPathRet {
         pub pool: NonnullStoragePool,
+    }
+}
+
+// SASL authentication (`remote_protocol.x`, libvirt 9.0.0). `char data<>` travels as rpcgen's
+// `xdr_char` array: one 4-byte word per byte (observed in virsh's AUTH_SASL_START), bytes
+// above 0x7f sign-extended. `nil` tells NULL data (no data at all) from empty data, which
+// SASL treats differently.
+xdr_struct! {
+    /// AUTH_SASL_INIT (67).
+    pub struct AuthSaslInitRet {
+        pub mechlist: String,
+    }
+
+    /// AUTH_SASL_START (68).
+    pub struct AuthSaslStartArgs {
+        pub mech: String,
+        pub nil: i32,
+        pub data: Vec<i8> [max AUTH_SASL_DATA_MAX],
+    }
+
+    /// AUTH_SASL_START (68).
+    pub struct AuthSaslStartRet {
+        pub complete: i32,
+        pub nil: i32,
+        pub data: Vec<i8> [max AUTH_SASL_DATA_MAX],
+    }
+
+    /// AUTH_SASL_STEP (69).
+    pub struct AuthSaslStepArgs {
+        pub nil: i32,
+        pub data: Vec<i8> [max AUTH_SASL_DATA_MAX],
+    }
+
+    /// AUTH_SASL_STEP (69).
+    pub struct AuthSaslStepRet {
+        pub complete: i32,
+        pub nil: i32,
+        pub data: Vec<i8> [max AUTH_SASL_DATA_MAX],
     }
 }
 

@@ -510,7 +510,10 @@ mod tests {
 
     #[test]
     fn bool_and_small_ints_range_checked() {
-        assert_eq!(from_bytes::<bool>(&[0, 0, 0, 2]), Err(DecodeError::BadBool(2)));
+        assert_eq!(
+            from_bytes::<bool>(&[0, 0, 0, 2]),
+            Err(DecodeError::BadBool(2))
+        );
         assert!(from_bytes::<u8>(&[0, 0, 1, 0]).is_err());
         assert!(from_bytes::<u16>(&[0, 1, 0, 0]).is_err());
         assert_eq!(from_bytes::<i8>(&[0xff, 0xff, 0xff, 0xff]), Ok(-1));

@@ -55,9 +55,12 @@ fn supports(f: i32) -> bool {
     }
 }
 
-pub async fn auth_list(_ctx: &Ctx<'_>) -> Reply<AuthListRet> {
+pub async fn auth_list(ctx: &Ctx<'_>) -> Reply<AuthListRet> {
+    // As libvirtd: the listener's method until the client has authenticated, then none.
+    let sasl =
+        ctx.client.auth.method == crate::config::AuthMethod::Sasl && !ctx.client.is_authenticated();
     Ok(AuthListRet {
-        types: vec![AuthType::None],
+        types: vec![if sasl { AuthType::Sasl } else { AuthType::None }],
     })
 }
 
@@ -242,7 +245,10 @@ pub async fn connect_get_max_vcpus(
 
 pub async fn connect_is_secure(ctx: &Ctx<'_>) -> Reply<ConnectIsSecureRet> {
     Ok(ConnectIsSecureRet {
-        secure: i32::from(ctx.client.transport.is_secure()),
+        // A SASL security layer (DIGEST-MD5, GSSAPI) encrypts plain TCP too.
+        secure: i32::from(
+            ctx.client.transport.is_secure() || ctx.client.auth.read_layer().is_some(),
+        ),
     })
 }
 

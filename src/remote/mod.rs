@@ -6,6 +6,7 @@
 // them would only add an allocation to every failure.
 #![allow(clippy::result_large_err)]
 
+mod auth;
 mod connect;
 mod console;
 mod domain;
@@ -221,6 +222,9 @@ async fn call(ctx: &Ctx<'_>, number: i32, payload: &[u8]) -> Reply<BytesMut> {
     use storage as sp;
     match number {
         p::AUTH_LIST => run(payload, |()| c::auth_list(ctx)).await,
+        p::AUTH_SASL_INIT => run(payload, |()| auth::auth_sasl_init(ctx)).await,
+        p::AUTH_SASL_START => run(payload, |a| auth::auth_sasl_start(ctx, a)).await,
+        p::AUTH_SASL_STEP => run(payload, |a| auth::auth_sasl_step(ctx, a)).await,
         p::CONNECT_SUPPORTS_FEATURE => run(payload, |a| c::connect_supports_feature(ctx, a)).await,
         p::CONNECT_OPEN => run(payload, |a| c::connect_open(ctx, a)).await,
         p::CONNECT_CLOSE => run(payload, |()| c::connect_close(ctx)).await,

@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use bytes::BytesMut;
 use tokio::sync::{mpsc, Notify};
 
+use super::sasl::ClientAuth;
 use super::stream::Streams;
+use crate::config::AuthMethod;
 
 /// How the client reached the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,16 +50,25 @@ pub struct Client {
     /// Asks the connection loop to close the connection.
     pub close_requested: Notify,
     pub streams: Streams,
+    /// The listener's authentication method and the SASL exchange's state.
+    pub auth: ClientAuth,
 }
 
 impl Client {
-    pub fn new(id: u64, transport: Transport, tx: mpsc::Sender<BytesMut>) -> Client {
+    pub fn new(
+        id: u64,
+        transport: Transport,
+        tx: mpsc::Sender<BytesMut>,
+        auth: AuthMethod,
+        peer: String,
+    ) -> Client {
         Client {
             id,
             transport,
             tx,
-            // Every listener uses auth "none" for now, so clients start authenticated.
-            authenticated: AtomicBool::new(true),
+            // A listener with auth "none" lets its clients in at once.
+            authenticated: AtomicBool::new(auth == AuthMethod::None),
+            auth: ClientAuth::new(auth, peer),
             opened: Mutex::new(None),
             keepalive: AtomicBool::new(false),
             keepalive_changed: Notify::new(),
@@ -68,6 +79,11 @@ impl Client {
 
     pub fn is_authenticated(&self) -> bool {
         self.authenticated.load(Ordering::Acquire)
+    }
+
+    /// The SASL exchange succeeded.
+    pub fn set_authenticated(&self) {
+        self.authenticated.store(true, Ordering::Release);
     }
 
     /// True when the transport itself only allows read-only access.

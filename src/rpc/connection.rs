@@ -16,11 +16,15 @@ use virtumld_protocol::header::{
     Header, MessageType, Status, KEEPALIVE_PROC_PING, KEEPALIVE_PROC_PONG, KEEPALIVE_PROGRAM,
     KEEPALIVE_PROTOCOL_VERSION, REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION,
 };
-use virtumld_protocol::limits::{MESSAGE_HEADER_LEN, MESSAGE_INITIAL, MESSAGE_MAX};
+use virtumld_protocol::limits::{
+    MESSAGE_HEADER_LEN, MESSAGE_INITIAL, MESSAGE_MAX, MESSAGE_PRE_AUTH_SASL_MAX,
+};
 
+use crate::config::AuthMethod;
 use crate::daemon::Daemon;
 use crate::remote;
 use crate::rpc::client::{Client, Transport};
+use crate::rpc::sasl::{SecurityLayer, SwitchSlot};
 use crate::rpc::stream;
 
 /// Outgoing messages queued per connection before callers wait: bounds what a client that
@@ -76,8 +80,20 @@ pub async fn serve<R, W>(
     async move {
         info!("client connected");
         let (tx, rx) = mpsc::channel(TX_QUEUE);
-        let client = Arc::new(Client::new(id, transport, tx));
-        let writer_task = tokio::spawn(write_loop(writer, rx).in_current_span());
+        let cfg = &daemon.config;
+        let auth = match transport {
+            Transport::Unix { read_only: true } => cfg.auth_unix_ro,
+            Transport::Unix { read_only: false } => cfg.auth_unix_rw,
+            Transport::Tcp => cfg.auth_tcp,
+            Transport::Tls { .. } => cfg.auth_tls,
+        };
+        let client = Arc::new(Client::new(id, transport, tx, auth, peer.clone()));
+        let switch = client.auth.switch_slot();
+        let writer_task = tokio::spawn(write_loop(writer, rx, switch).in_current_span());
+        // SASL security layer on input, once authentication completed with one: raw bytes
+        // from the peer collect in `raw` and decode into `buf`.
+        let mut decoding: Option<Arc<SecurityLayer>> = None;
+        let mut raw = BytesMut::new();
         let max_requests = daemon.config.max_client_requests;
         let inflight = Arc::new(Semaphore::new(max_requests));
 
@@ -93,10 +109,29 @@ pub async fn serve<R, W>(
         let mut pending = Pending::default();
 
         'conn: loop {
+            if decoding.is_none() {
+                if let Some(layer) = client.auth.read_layer() {
+                    // Everything after the call that completed authentication is wrapped
+                    // (the peer sends nothing before the reply, so normally nothing).
+                    decoding = Some(layer.clone());
+                    raw = buf.split();
+                }
+            }
+            if let Some(layer) = &decoding {
+                if !raw.is_empty() {
+                    if let Err(e) = layer.decode(&raw, &mut buf) {
+                        warn!("closing connection: {e}");
+                        break 'conn;
+                    }
+                    raw.clear();
+                }
+            }
             // Handle every whole message already buffered.
             while !pending.full() {
                 let cap = if client.is_authenticated() {
                     MESSAGE_MAX
+                } else if client.auth.method == AuthMethod::Sasl {
+                    MESSAGE_PRE_AUTH_SASL_MAX
                 } else {
                     MESSAGE_INITIAL
                 };
@@ -119,6 +154,12 @@ pub async fn serve<R, W>(
                     break 'conn;
                 }
             }
+            let target = if decoding.is_some() {
+                raw.reserve(16 * 1024);
+                &mut raw
+            } else {
+                &mut buf
+            };
             tokio::select! {
                 permit = inflight.clone().acquire_owned(), if !pending.calls.is_empty() => {
                     match (permit, pending.pop()) {
@@ -128,7 +169,7 @@ pub async fn serve<R, W>(
                         _ => break,
                     }
                 }
-                r = reader.read_buf(&mut buf), if !pending.full() => match r {
+                r = reader.read_buf(target), if !pending.full() => match r {
                     Ok(0) => {
                         if !buf.is_empty() {
                             debug!("peer closed mid-message ({} bytes pending)", buf.len());
@@ -309,18 +350,55 @@ fn keepalive_message(procedure: i32) -> BytesMut {
     frame::encode(&h, &())
 }
 
-/// Writes queued messages, coalescing those that are ready into one write.
-async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<BytesMut>) {
+/// Writes queued messages, coalescing those that are ready into one write. The reply that
+/// completes a SASL exchange with a security layer ends its batch and goes out plain;
+/// everything after it is `sasl_encode`d.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::Receiver<BytesMut>,
+    switch: SwitchSlot,
+) {
+    let mut layer: Option<Arc<SecurityLayer>> = None;
+    let mut wrapped = BytesMut::new();
     while let Some(mut first) = rx.recv().await {
-        while first.len() < WRITE_BATCH {
+        let mut next_layer = if layer.is_none() {
+            switch.after(&first)
+        } else {
+            None
+        };
+        while next_layer.is_none() && first.len() < WRITE_BATCH {
             match rx.try_recv() {
-                Ok(more) => first.extend_from_slice(&more),
+                Ok(more) => {
+                    if layer.is_none() {
+                        next_layer = switch.after(&more);
+                    }
+                    first.extend_from_slice(&more)
+                }
                 Err(_) => break,
             }
         }
-        if let Err(e) = w.write_all(&first).await {
+        let out = match &layer {
+            Some(l) => {
+                wrapped.clear();
+                if let Err(e) = l.encode(&first, &mut wrapped) {
+                    warn!("closing connection: {e}");
+                    return;
+                }
+                &wrapped
+            }
+            None => &first,
+        };
+        if let Err(e) = w.write_all(out).await {
             debug!("write error: {e}");
             return;
+        }
+        if next_layer.is_some() {
+            // The completing reply must reach the peer before anything wrapped.
+            if let Err(e) = w.flush().await {
+                debug!("write error: {e}");
+                return;
+            }
+            layer = next_layer;
         }
     }
     let _ = w.shutdown().await;

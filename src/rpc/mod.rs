@@ -2,4 +2,5 @@
 
 pub mod client;
 pub mod connection;
+pub mod sasl;
 pub mod stream;

@@ -514,7 +514,11 @@ pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
         }
         let v = c.to_digit(16)? as u8;
         let byte = out.get_mut(n / 2)?;
-        *byte = if n.is_multiple_of(2) { v << 4 } else { *byte | v };
+        *byte = if n.is_multiple_of(2) {
+            v << 4
+        } else {
+            *byte | v
+        };
         n += 1;
     }
     (n == 32).then_some(out)

@@ -1167,6 +1167,7 @@ mod tests {
             log_file: "/log/x.log".into(),
             pty_devices: vec![],
             ready_timeout: Duration::from_secs(1),
+            inherit_fds: vec![],
         };
         let good = [
             "/k",
