@@ -29,18 +29,5 @@ pub mod server;
 pub mod storage;
 pub mod tls;
 
-/// Escapes text for XML element content and attribute values.
-pub fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// Escapes text for XML element content and attribute values (the domain XML's escaper).
+pub use virtumld_uml::domain::xml_escape;

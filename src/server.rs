@@ -1,6 +1,7 @@
 //! Listeners and the daemon's life: UNIX sockets (read-write and read-only; group, modes and,
-//! in session mode, the peer's uid), TCP, TLS, the client limit, the idle timeout, and an
-//! orderly shutdown on SIGTERM/SIGINT.
+//! in session mode, the peer's uid; libvirtd's legacy paths for ssh clients), TCP, TLS, the
+//! admin socket, each bound here or handed over by systemd (`crate::activation`), the
+//! client limit, the idle timeout, and an orderly shutdown on SIGTERM/SIGINT.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

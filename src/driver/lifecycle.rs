@@ -20,8 +20,8 @@ use virtumld_uml::process::{self, ExitReason, LaunchSpec, PtyLine};
 use super::state::{domain_state as st, event, paused, running, shutoff, StateReason};
 use super::status::{SavedLine, Status};
 use super::{
-    persist, running_state, Data, DomRef, DomainObj, Driver, Error, EventKind, Live, LivePump,
-    Result, StopIntent,
+    persist, running_state, DomRef, DomainObj, Driver, Error, EventKind, Live, LivePump, Result,
+    StopIntent,
 };
 
 /// From spawn to "mconsole answers and the console ptys are known".
@@ -249,18 +249,7 @@ impl Driver {
         let (obj, fresh) = match self.existing_for(&def)? {
             Some(o) => (o, false),
             None => {
-                let o = Arc::new(DomainObj {
-                    name: def.name.clone(),
-                    uuid: def.uuid,
-                    job: tokio::sync::Mutex::new(()),
-                    data: std::sync::Mutex::new(Data {
-                        config: None,
-                        live: None,
-                        autostart: false,
-                        state: StateReason::new(st::SHUTOFF, shutoff::UNKNOWN),
-                        removed: false,
-                    }),
-                });
+                let o = DomainObj::new(def.name.clone(), def.uuid, None, false);
                 self.insert(o.clone());
                 (o, true)
             }
@@ -464,18 +453,12 @@ impl Driver {
             match domxml::parse(&text) {
                 Ok(def) if def.name == name => {
                     let autostart = paths.autostart_dir.join(format!("{name}.xml")).exists();
-                    self.insert(Arc::new(DomainObj {
-                        name: def.name.clone(),
-                        uuid: def.uuid,
-                        job: tokio::sync::Mutex::new(()),
-                        data: std::sync::Mutex::new(Data {
-                            config: Some(Arc::new(def)),
-                            live: None,
-                            autostart,
-                            state: StateReason::new(st::SHUTOFF, shutoff::UNKNOWN),
-                            removed: false,
-                        }),
-                    }));
+                    self.insert(DomainObj::new(
+                        def.name.clone(),
+                        def.uuid,
+                        Some(Arc::new(def)),
+                        autostart,
+                    ));
                 }
                 Ok(def) => tracing::error!(
                     "ignoring {name}.xml: it defines a domain named '{}'",
@@ -537,18 +520,7 @@ impl Driver {
         let obj = match self.by_name(name) {
             Ok(o) => o,
             Err(_) => {
-                let o = Arc::new(DomainObj {
-                    name: def.name.clone(),
-                    uuid: def.uuid,
-                    job: tokio::sync::Mutex::new(()),
-                    data: std::sync::Mutex::new(Data {
-                        config: None,
-                        live: None,
-                        autostart: false,
-                        state: StateReason::new(st::SHUTOFF, shutoff::UNKNOWN),
-                        removed: false,
-                    }),
-                });
+                let o = DomainObj::new(def.name.clone(), def.uuid, None, false);
                 self.insert(o.clone());
                 o
             }

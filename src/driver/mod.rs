@@ -139,6 +139,27 @@ pub struct DomainObj {
 }
 
 impl DomainObj {
+    /// A domain that is not running, as freshly defined or loaded.
+    fn new(
+        name: String,
+        uuid: [u8; 16],
+        config: Option<Arc<DomainDef>>,
+        autostart: bool,
+    ) -> Arc<DomainObj> {
+        Arc::new(DomainObj {
+            name,
+            uuid,
+            job: tokio::sync::Mutex::new(()),
+            data: Mutex::new(Data {
+                config,
+                live: None,
+                autostart,
+                state: StateReason::new(st::SHUTOFF, shutoff::UNKNOWN),
+                removed: false,
+            }),
+        })
+    }
+
     fn data(&self) -> std::sync::MutexGuard<'_, Data> {
         self.data.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -583,18 +604,7 @@ impl Driver {
         let obj = match self.existing_for(&def)? {
             Some(obj) => obj,
             None => {
-                let obj = Arc::new(DomainObj {
-                    name: def.name.clone(),
-                    uuid: def.uuid,
-                    job: tokio::sync::Mutex::new(()),
-                    data: Mutex::new(Data {
-                        config: None,
-                        live: None,
-                        autostart: false,
-                        state: StateReason::new(st::SHUTOFF, shutoff::UNKNOWN),
-                        removed: false,
-                    }),
-                });
+                let obj = DomainObj::new(def.name.clone(), def.uuid, None, false);
                 // Inserted before saving so a concurrent define of the same name clashes.
                 self.insert(obj.clone());
                 obj

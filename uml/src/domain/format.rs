@@ -168,7 +168,7 @@ pub(crate) fn esc_text(s: &str) -> String {
 
 /// Attribute values (single-quoted): also quotes, and whitespace controls as references so that
 /// attribute normalisation on the way back in does not turn them into spaces.
-pub(crate) fn esc_attr(s: &str) -> String {
+pub fn esc_attr(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -39,6 +39,7 @@ pub use error::{
     DefError, VIR_ERR_CONFIG_UNSUPPORTED, VIR_ERR_INTERNAL_ERROR, VIR_ERR_INVALID_ARG,
     VIR_ERR_NO_NAME, VIR_ERR_XML_DETAIL, VIR_ERR_XML_ERROR,
 };
+pub use format::esc_attr as xml_escape;
 pub use parse::parse;
 pub use tree::{MAX_XML_BYTES, MAX_XML_DEPTH, MAX_XML_ELEMENTS};
 
