@@ -56,6 +56,8 @@ impl Activated {
         prepare(root.path());
         std::fs::create_dir_all(root.path().join("run/libvirt")).unwrap();
         let conf = root.path().join("virtumld.conf");
+        // Plain TCP without SASL (libvirtd's default auth_tcp is "sasl").
+        let config = format!("auth_tcp = \"none\"\n{config}");
         std::fs::write(&conf, config).unwrap();
         let mut cmd = Command::new(activator());
         for l in listen {

@@ -42,11 +42,19 @@ impl User {
         )
         .unwrap();
         std::fs::create_dir(dir.path().join("bin")).unwrap();
-        std::os::unix::fs::symlink(
-            env!("CARGO_BIN_EXE_virtumld"),
-            dir.path().join("bin/virtumld"),
-        )
-        .unwrap();
+        let bin = Path::new(env!("CARGO_BIN_EXE_virtumld"));
+        let link = dir.path().join("bin/virtumld");
+        // A symlink to the built binary when other users can reach it, else a copy (a
+        // checkout under a private directory).
+        let reachable = bin
+            .ancestors()
+            .skip(1)
+            .all(|d| std::fs::metadata(d).is_ok_and(|m| m.mode() & 0o001 != 0));
+        if reachable {
+            std::os::unix::fs::symlink(bin, &link).unwrap();
+        } else {
+            std::fs::copy(bin, &link).unwrap();
+        }
         User { dir }
     }
 
@@ -200,6 +208,20 @@ fn autospawn_with_mode_direct() {
     // Nothing exists yet: with ?mode=direct the client spawns $VIRTD_PATH/virtumld.
     assert!(!user.sock_dir().exists());
     let h = user.virsh_ok("uml:///session?mode=direct", &["hostname"]);
+    assert_eq!(h.trim(), hostname());
+    check_spawned(&user);
+}
+
+/// `remote_mode = "direct"` in the user's libvirt.conf: plain `uml:///session` with no
+/// socket at all spawns virtumld (Debian's build default would spawn libvirtd).
+#[test]
+fn autospawn_with_remote_mode_in_libvirt_conf() {
+    nix::sys::prctl::set_child_subreaper(true).unwrap();
+    let user = User::new();
+    let conf = user.path("home/.config/libvirt");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(conf.join("libvirt.conf"), "remote_mode = \"direct\"\n").unwrap();
+    let h = user.virsh_ok("uml:///session", &["hostname"]);
     assert_eq!(h.trim(), hostname());
     check_spawned(&user);
 }

@@ -37,6 +37,14 @@ struct Remote {
 
 impl Remote {
     fn start() -> Remote {
+        assert!(
+            Path::new("/usr/sbin/sshd").exists(),
+            "install openssh-server"
+        );
+        assert!(
+            Path::new("/usr/bin/virt-ssh-helper").exists(),
+            "install libvirt-daemon (it ships virt-ssh-helper)"
+        );
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path();
         let keygen = |file: &str| {
@@ -97,10 +105,6 @@ wait
             port_helper,
             port_nc,
         };
-        assert!(
-            Path::new("/usr/sbin/sshd").exists(),
-            "install openssh-server"
-        );
         let up = wait_until(Duration::from_secs(20), || {
             TcpStream::connect(("127.0.0.1", port_helper)).is_ok()
                 && TcpStream::connect(("127.0.0.1", port_nc)).is_ok()
