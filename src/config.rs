@@ -73,6 +73,9 @@ pub struct Config {
     pub max_clients: usize,
     pub max_anonymous_clients: usize,
     pub max_client_requests: usize,
+    /// Seconds a client may stay connected without authenticating (not a libvirtd key:
+    /// libvirtd has no such limit).
+    pub pre_auth_timeout: u64,
     pub keepalive_interval: i64,
     pub keepalive_count: u32,
     pub log_level: Option<i64>,
@@ -115,6 +118,7 @@ impl Default for Config {
             max_clients: 5000,
             max_anonymous_clients: 20,
             max_client_requests: 5,
+            pre_auth_timeout: 30,
             keepalive_interval: 5,
             keepalive_count: 5,
             log_level: None,
@@ -201,6 +205,7 @@ impl Config {
             "max_clients" => self.max_clients = count(&v, 1)?,
             "max_anonymous_clients" => self.max_anonymous_clients = count(&v, 0)?,
             "max_client_requests" => self.max_client_requests = count(&v, 1)?,
+            "pre_auth_timeout" => self.pre_auth_timeout = count(&v, 1)? as u64,
             "keepalive_interval" => {
                 let i = int(&v)?;
                 if i == 0 || i < -1 {

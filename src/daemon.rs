@@ -23,6 +23,10 @@ pub struct Daemon {
     pub uml_version: u64,
     next_conn: AtomicU64,
     clients: AtomicUsize,
+    /// Connected clients that have not authenticated yet (`max_anonymous_clients`).
+    anonymous: AtomicUsize,
+    /// Signalled when an anonymous client authenticates or leaves.
+    pub anonymous_left: tokio::sync::Notify,
 }
 
 impl Daemon {
@@ -45,6 +49,8 @@ impl Daemon {
             uml_version,
             next_conn: AtomicU64::new(1),
             clients: AtomicUsize::new(0),
+            anonymous: AtomicUsize::new(0),
+            anonymous_left: tokio::sync::Notify::new(),
         }
     }
 
@@ -61,6 +67,25 @@ impl Daemon {
         self.clients.load(Ordering::Acquire)
     }
 
+    /// Waits for one of the `max_anonymous_clients` places for a client that has not
+    /// authenticated yet; the place is held until the guard drops.
+    pub async fn anonymous_place(self: &Arc<Self>) -> AnonymousGuard {
+        let max = self.config.max_anonymous_clients;
+        loop {
+            let left = self.anonymous_left.notified();
+            let took = self
+                .anonymous
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .is_ok();
+            if took {
+                return AnonymousGuard(self.clone());
+            }
+            left.await;
+        }
+    }
+
     /// Counts a connected client for as long as the guard lives.
     pub fn client_guard(self: &Arc<Self>) -> ClientGuard {
         self.clients.fetch_add(1, Ordering::AcqRel);
@@ -69,6 +94,16 @@ impl Daemon {
 }
 
 pub struct ClientGuard(Arc<Daemon>);
+
+/// Counts a client as anonymous until it authenticates (drop the guard) or leaves.
+pub struct AnonymousGuard(Arc<Daemon>);
+
+impl Drop for AnonymousGuard {
+    fn drop(&mut self) {
+        self.0.anonymous.fetch_sub(1, Ordering::AcqRel);
+        self.0.anonymous_left.notify_waiters();
+    }
+}
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {

@@ -195,3 +195,35 @@ fn pipelined_calls_all_get_answers() {
     seen.sort();
     assert_eq!(seen, (10..60).collect::<Vec<_>>());
 }
+
+#[test]
+fn anonymous_clients_are_limited_and_must_authenticate_in_time() {
+    // SASL listeners start clients unauthenticated; none of these ever authenticates.
+    let d = Daemon::start_with(
+        "auth_tcp = \"sasl\"\nmax_anonymous_clients = 2\npre_auth_timeout = 3\n",
+    );
+    let mut a = Raw::connect(d.port);
+    let mut b = Raw::connect(d.port);
+    for r in [&mut a, &mut b] {
+        r.call(p::AUTH_LIST, 0, &());
+        assert_eq!(r.reply().expect("served").0.status, Status::OK);
+    }
+    // A third anonymous client waits in the listen queue: no answer while two are there.
+    let mut c = Raw::connect(d.port);
+    c.s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    c.call(p::AUTH_LIST, 0, &());
+    assert!(c.reply().is_none(), "accepted beyond max_anonymous_clients");
+    // The first two are dropped at the pre-authentication timeout, then the third is served.
+    let start = Instant::now();
+    assert!(a.closed() && b.closed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    c.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(
+        c.reply().expect("served after the others left").0.status,
+        Status::OK
+    );
+}

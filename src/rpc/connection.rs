@@ -107,8 +107,25 @@ pub async fn serve<R, W>(
         let mut ticker = tokio::time::interval(ka.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pending = Pending::default();
+        // A client that has not authenticated counts against max_anonymous_clients and
+        // gets a bounded time to do so (libvirtd has no such timeout).
+        // At the limit the connection waits unread, as if libvirtd had not accepted it.
+        let mut anonymous = None;
+        let mut stopping = false;
+        if !client.is_authenticated() {
+            tokio::select! {
+                g = daemon.anonymous_place() => anonymous = Some(g),
+                _ = shutdown.changed() => stopping = true,
+            }
+        }
+        let pre_auth_timeout = Duration::from_secs(daemon.config.pre_auth_timeout);
+        let auth_deadline = tokio::time::sleep(pre_auth_timeout);
+        tokio::pin!(auth_deadline);
 
-        'conn: loop {
+        'conn: while !stopping {
+            if anonymous.is_some() && client.is_authenticated() {
+                anonymous = None;
+            }
             if decoding.is_none() {
                 if let Some(layer) = client.auth.read_layer() {
                     // Everything after the call that completed authentication is wrapped
@@ -198,12 +215,17 @@ pub async fn serve<R, W>(
                 _ = client.keepalive_changed.notified() => {
                     ticker.reset();
                 }
+                _ = &mut auth_deadline, if anonymous.is_some() => {
+                    info!("closing connection: not authenticated within {} s", pre_auth_timeout.as_secs());
+                    break;
+                }
                 _ = client.close_requested.notified() => break,
                 _ = shutdown.changed() => break,
             }
         }
 
         // Let in-flight calls finish and queue their replies, then close the writer.
+        drop(anonymous);
         let _ = inflight.acquire_many(max_requests as u32).await;
         client.streams.clear();
         remote::disconnected(&daemon, &client);
