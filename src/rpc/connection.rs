@@ -122,7 +122,10 @@ pub async fn serve<R, W>(
         let auth_deadline = tokio::time::sleep(pre_auth_timeout);
         tokio::pin!(auth_deadline);
 
-        'conn: while !stopping {
+        'conn: loop {
+            if stopping {
+                break;
+            }
             if anonymous.is_some() && client.is_authenticated() {
                 anonymous = None;
             }
