@@ -281,3 +281,52 @@ st.finish()
     // And the rebooted guest has a working console again.
     assert!(python_ok(&d.tcp_uri(), &echo("rebooted")).contains("ok"));
 }
+
+#[test]
+fn serial_lines_open_by_devname() {
+    let d = Daemon::start();
+    let img = guest_image(d.root.path(), "ser");
+    let xml = guest_xml("ser", &img).replace(
+        "<console type='pty'/>",
+        "<console type='pty'/><serial type='pty'/>",
+    );
+    let f = d.root.path().join("ser.xml");
+    std::fs::write(&f, xml).unwrap();
+    d.virsh_ok(&["define", &f.display().to_string()]);
+    d.virsh_ok(&["start", "ser"]);
+    assert!(d
+        .virsh_ok(&["dumpxml", "ser"])
+        .contains("<alias name='serial0'/>"));
+    // The shell on console0 writes to the guest's first serial port; serial0's stream reads it.
+    let script = r#"
+import libvirt, os, time
+c = libvirt.open(os.environ["URI"])
+dom = c.lookupByName("ser")
+ser = c.newStream(0)
+dom.openConsole("serial0", ser, 0)
+con = c.newStream(0)
+dom.openConsole("console0", con, 0)
+got = b""
+while b"guest# " not in got:
+    got += con.recv(4096)
+time.sleep(0.3)
+con.send(b"echo SER-$((2*3)) > /dev/ttyS0\r")
+seen = b""
+while b"SER-6" not in seen:
+    d = ser.recv(4096)
+    if not d:
+        raise SystemExit("serial0 ended")
+    seen += d
+print("serial ok")
+try:
+    dom.openConsole("serial7", c.newStream(0), 0)
+except libvirt.libvirtError as e:
+    print("missing:", e)
+"#;
+    let out = python_ok(&d.tcp_uri(), script);
+    assert!(out.contains("serial ok"), "{out}");
+    assert!(
+        out.contains("cannot find character device serial7"),
+        "{out}"
+    );
+}
