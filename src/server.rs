@@ -396,36 +396,41 @@ async fn accept_loop(
             let _permit = permit;
             let _guard = guard;
             match reader_writer {
+                // Each transport's connection future is boxed at its own size: unboxed, every
+                // idle connection's task would be as large as the largest (TLS) branch.
                 Stream::Unix(s) => {
                     let (r, w) = s.into_split();
-                    connection::serve(d, r, w, transport, peer, stop).await
+                    Box::pin(connection::serve(d, r, w, transport, peer, stop)).await
                 }
-                Stream::Admin(s) => crate::admin::serve(s, peer, stop).await,
+                Stream::Admin(s) => Box::pin(crate::admin::serve(s, peer, stop)).await,
                 Stream::Tcp(s) => {
                     let _ = s.set_nodelay(true);
                     let (r, w) = s.into_split();
-                    connection::serve(d, r, w, transport, peer, stop).await
+                    Box::pin(connection::serve(d, r, w, transport, peer, stop)).await
                 }
                 Stream::Tls(s, tls) => {
-                    let _ = s.set_nodelay(true);
-                    // The handshake runs in the connection's own task, under a timeout: a
-                    // slow or hostile client delays nobody else.
-                    let span = tracing::info_span!("tls", %peer);
-                    let handshake = tokio::select! {
-                        r = tls.accept(s).instrument(span.clone()) => r,
-                        _ = stop.changed() => return,
-                    };
-                    match handshake {
-                        Ok((s, dn)) => {
-                            if let Some(dn) = &dn {
-                                span.in_scope(|| info!("client certificate DN '{dn}'"));
+                    Box::pin(async move {
+                        let _ = s.set_nodelay(true);
+                        // The handshake runs in the connection's own task, under a timeout: a
+                        // slow or hostile client delays nobody else.
+                        let span = tracing::info_span!("tls", %peer);
+                        let handshake = tokio::select! {
+                            r = tls.accept(s).instrument(span.clone()) => r,
+                            _ = stop.changed() => return,
+                        };
+                        match handshake {
+                            Ok((s, dn)) => {
+                                if let Some(dn) = &dn {
+                                    span.in_scope(|| info!("client certificate DN '{dn}'"));
+                                }
+                                let (r, w) = tokio::io::split(s);
+                                let transport = Transport::Tls { dn };
+                                connection::serve(d, r, w, transport, peer, stop).await
                             }
-                            let (r, w) = tokio::io::split(s);
-                            let transport = Transport::Tls { dn };
-                            connection::serve(d, r, w, transport, peer, stop).await
+                            Err(e) => span.in_scope(|| warn!("closing TLS connection: {e}")),
                         }
-                        Err(e) => span.in_scope(|| warn!("closing TLS connection: {e}")),
-                    }
+                    })
+                    .await
                 }
             }
         };

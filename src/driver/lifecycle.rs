@@ -246,14 +246,7 @@ impl Driver {
     /// over an inactive persistent domain of the same name and uuid).
     pub async fn create_xml(&self, xml: &str, start_paused: bool) -> Result<DomRef> {
         let def = Arc::new(domxml::parse(xml).map_err(Error::def)?);
-        let (obj, fresh) = match self.existing_for(&def)? {
-            Some(o) => (o, false),
-            None => {
-                let o = DomainObj::new(def.name.clone(), def.uuid, None, false);
-                self.insert(o.clone());
-                (o, true)
-            }
-        };
+        let (obj, fresh) = self.find_or_insert(&def)?;
         let _job = obj.begin_job().await?;
         if obj.data().live.is_some() {
             return Err(Error::new(

@@ -194,10 +194,17 @@ impl DomainObj {
 /// Who holds each console line: `(domain uuid, alias)` → (session token, revoke signal).
 type ConsoleHolders = HashMap<([u8; 16], String), (u64, tokio::sync::watch::Sender<bool>)>;
 
+/// The domains, by uuid (what clients name) and by name (lookups, listings in order).
+#[derive(Default)]
+struct Index {
+    by_uuid: HashMap<[u8; 16], Arc<DomainObj>>,
+    by_name: std::collections::BTreeMap<String, Arc<DomainObj>>,
+}
+
 struct Shared {
     paths: Paths,
     consoles: Mutex<ConsoleHolders>,
-    domains: RwLock<HashMap<[u8; 16], Arc<DomainObj>>>,
+    domains: RwLock<Index>,
     next_id: AtomicI32,
     events: broadcast::Sender<DomainEvent>,
     next_generation: std::sync::atomic::AtomicU64,
@@ -257,7 +264,7 @@ impl Driver {
         let (events, _) = broadcast::channel(1024);
         let d = Driver(Arc::new(Shared {
             paths,
-            domains: RwLock::new(HashMap::new()),
+            domains: RwLock::new(Index::default()),
             next_id: AtomicI32::new(1),
             events,
             next_generation: std::sync::atomic::AtomicU64::new(1),
@@ -280,11 +287,13 @@ impl Driver {
         self.emit(obj.dom_ref(), EventKind::Lifecycle { event: ev, detail });
     }
 
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.0.domains.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every domain, by name.
     fn all(&self) -> Vec<Arc<DomainObj>> {
-        let map = self.0.domains.read().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<_> = map.values().cloned().collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
+        self.index().by_name.values().cloned().collect()
     }
 
     pub fn has_running_guests(&self) -> bool {
@@ -294,18 +303,12 @@ impl Driver {
     // ---- lookups -------------------------------------------------------------------
 
     pub fn by_uuid(&self, uuid: &[u8; 16]) -> Result<Arc<DomainObj>> {
-        self.0
-            .domains
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(uuid)
-            .cloned()
-            .ok_or_else(|| {
-                Error::new(
-                    code::NO_DOMAIN,
-                    format!("no domain with matching uuid '{}'", uuid_string(uuid)),
-                )
-            })
+        self.index().by_uuid.get(uuid).cloned().ok_or_else(|| {
+            Error::new(
+                code::NO_DOMAIN,
+                format!("no domain with matching uuid '{}'", uuid_string(uuid)),
+            )
+        })
     }
 
     /// The domain a client names by (name, uuid): the uuid decides, as in libvirt.
@@ -314,15 +317,12 @@ impl Driver {
     }
 
     pub fn by_name(&self, name: &str) -> Result<Arc<DomainObj>> {
-        self.all()
-            .into_iter()
-            .find(|o| o.name == name)
-            .ok_or_else(|| {
-                Error::new(
-                    code::NO_DOMAIN,
-                    format!("no domain with matching name '{name}'"),
-                )
-            })
+        self.index().by_name.get(name).cloned().ok_or_else(|| {
+            Error::new(
+                code::NO_DOMAIN,
+                format!("no domain with matching name '{name}'"),
+            )
+        })
     }
 
     pub fn by_id(&self, id: i32) -> Result<Arc<DomainObj>> {
@@ -538,50 +538,48 @@ impl Driver {
         )
     }
 
-    /// Finds the domain a new definition belongs to, refusing name/uuid clashes as libvirt.
-    fn existing_for(&self, def: &DomainDef) -> Result<Option<Arc<DomainObj>>> {
-        let map = self.0.domains.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(o) = map.get(&def.uuid) {
-            if o.name != def.name {
-                return Err(Error::new(
-                    code::OPERATION_FAILED,
-                    format!(
-                        "domain '{}' already exists with uuid {}",
-                        o.name,
-                        uuid_string(&o.uuid)
-                    ),
-                ));
-            }
-            return Ok(Some(o.clone()));
-        }
-        if let Some(o) = map.values().find(|o| o.name == def.name) {
-            return Err(Error::new(
+    /// The domain a new definition belongs to, refusing name/uuid clashes as libvirt;
+    /// a new (inactive, transient until saved) object when there is none. Checked and
+    /// inserted under one lock, so two concurrent defines of one name cannot both win.
+    /// The flag says whether the object is new.
+    fn find_or_insert(&self, def: &DomainDef) -> Result<(Arc<DomainObj>, bool)> {
+        let mut index = self.0.domains.write().unwrap_or_else(|e| e.into_inner());
+        let clash = |o: &DomainObj| {
+            Error::new(
                 code::OPERATION_FAILED,
                 format!(
                     "domain '{}' already exists with uuid {}",
                     o.name,
                     uuid_string(&o.uuid)
                 ),
-            ));
+            )
+        };
+        if let Some(o) = index.by_uuid.get(&def.uuid) {
+            if o.name != def.name {
+                return Err(clash(o));
+            }
+            return Ok((o.clone(), false));
         }
-        Ok(None)
+        if let Some(o) = index.by_name.get(&def.name) {
+            return Err(clash(o));
+        }
+        let obj = DomainObj::new(def.name.clone(), def.uuid, None, false);
+        index.by_name.insert(obj.name.clone(), obj.clone());
+        index.by_uuid.insert(obj.uuid, obj.clone());
+        Ok((obj, true))
     }
 
     fn insert(&self, obj: Arc<DomainObj>) {
-        self.0
-            .domains
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(obj.uuid, obj);
+        let mut index = self.0.domains.write().unwrap_or_else(|e| e.into_inner());
+        index.by_name.insert(obj.name.clone(), obj.clone());
+        index.by_uuid.insert(obj.uuid, obj);
     }
 
     fn remove(&self, obj: &DomainObj) {
         obj.data().removed = true;
-        self.0
-            .domains
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&obj.uuid);
+        let mut index = self.0.domains.write().unwrap_or_else(|e| e.into_inner());
+        index.by_uuid.remove(&obj.uuid);
+        index.by_name.remove(&obj.name);
     }
 
     fn check_kernel(def: &DomainDef) -> Result<()> {
@@ -601,15 +599,7 @@ impl Driver {
     /// `virDomainDefineXML`: adds or replaces a persistent definition.
     pub async fn define(&self, xml: &str) -> Result<DomRef> {
         let def = domxml::parse(xml).map_err(Error::def)?;
-        let obj = match self.existing_for(&def)? {
-            Some(obj) => obj,
-            None => {
-                let obj = DomainObj::new(def.name.clone(), def.uuid, None, false);
-                // Inserted before saving so a concurrent define of the same name clashes.
-                self.insert(obj.clone());
-                obj
-            }
-        };
+        let (obj, _) = self.find_or_insert(&def)?;
         let _job = match obj.begin_job().await {
             Ok(j) => j,
             Err(e) => return Err(e),
