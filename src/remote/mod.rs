@@ -45,6 +45,47 @@ pub fn procedure_name(number: i32) -> &'static str {
     remote_procedure(number).map_or("?", |i| i.name)
 }
 
+/// Calls answered from the daemon's memory without waiting for anything (no guest, no
+/// job, no disk): the connection runs them in place instead of in a task of their own.
+pub fn runs_inline(number: i32) -> bool {
+    matches!(
+        number,
+        p::AUTH_LIST
+            | p::CONNECT_SUPPORTS_FEATURE
+            | p::CONNECT_GET_TYPE
+            | p::CONNECT_GET_VERSION
+            | p::CONNECT_GET_LIB_VERSION
+            | p::CONNECT_GET_HOSTNAME
+            | p::CONNECT_GET_URI
+            | p::CONNECT_IS_SECURE
+            | p::CONNECT_GET_MAX_VCPUS
+            | p::CONNECT_REGISTER_CLOSE_CALLBACK
+            | p::CONNECT_UNREGISTER_CLOSE_CALLBACK
+            | p::CONNECT_LIST_ALL_DOMAINS
+            | p::CONNECT_NUM_OF_DOMAINS
+            | p::CONNECT_LIST_DOMAINS
+            | p::CONNECT_NUM_OF_DEFINED_DOMAINS
+            | p::CONNECT_LIST_DEFINED_DOMAINS
+            | p::DOMAIN_LOOKUP_BY_NAME
+            | p::DOMAIN_LOOKUP_BY_UUID
+            | p::DOMAIN_LOOKUP_BY_ID
+            | p::DOMAIN_GET_INFO
+            | p::DOMAIN_GET_STATE
+            | p::DOMAIN_GET_XML_DESC
+            | p::DOMAIN_GET_OS_TYPE
+            | p::DOMAIN_GET_AUTOSTART
+            | p::DOMAIN_IS_ACTIVE
+            | p::DOMAIN_IS_PERSISTENT
+            | p::DOMAIN_IS_UPDATED
+            | p::DOMAIN_HAS_MANAGED_SAVE_IMAGE
+            | p::DOMAIN_SNAPSHOT_NUM
+            | p::DOMAIN_GET_MESSAGES
+            | p::DOMAIN_GET_MAX_MEMORY
+            | p::DOMAIN_GET_MAX_VCPUS
+            | p::DOMAIN_GET_VCPUS_FLAGS
+    )
+}
+
 /// The whole reply message for an error.
 pub fn error_reply(header: &Header, e: &RemoteError) -> BytesMut {
     frame::encode(&header.reply(Status::ERROR), e)

@@ -306,6 +306,13 @@ async fn on_message(
             // In order: behind calls already waiting, or at once when a slot is free.
             match inflight.clone().try_acquire_owned() {
                 Ok(permit) if pending.calls.is_empty() => {
+                    if remote::runs_inline(header.procedure) {
+                        // Answered from memory: no task, no hand-off, no wake-up.
+                        let payload = msg.slice(MESSAGE_HEADER_LEN..);
+                        let reply = remote::dispatch(daemon, client, &header, payload).await;
+                        drop(permit);
+                        return client.send(reply).await;
+                    }
                     spawn_call(daemon, client, permit, header, msg)
                 }
                 _ => pending.push(header, msg),
