@@ -196,13 +196,9 @@ pub fn spawn(cmd: &mut Command) -> io::Result<Spawned> {
     let pid = child.id() as i32;
     // Dropping a std Child neither kills nor waits for it.
     drop(child);
-    let (tx, rx) = watch::channel(None);
-    reg.waiting.insert(pid, tx);
-    reg.epoch = reg.epoch.wrapping_add(1);
-    drop(reg);
-    r.spawned.notify_all();
-    // Safe from pid reuse: the child is registered, hence not reaped before it exits,
-    // and its pid stays ours until then.
+    // Opened while the registry is locked: the reaper reaps only under this lock, so even a
+    // child that exits at once (`setsid -f`) is still there, at worst a zombie, and the
+    // pid cannot have been reused.
     let pidfd = match pidfd_open(pid) {
         Ok(fd) => fd,
         Err(e) => {
@@ -210,6 +206,11 @@ pub fn spawn(cmd: &mut Command) -> io::Result<Spawned> {
             return Err(e);
         }
     };
+    let (tx, rx) = watch::channel(None);
+    reg.waiting.insert(pid, tx);
+    reg.epoch = reg.epoch.wrapping_add(1);
+    drop(reg);
+    r.spawned.notify_all();
     Ok(Spawned {
         pid,
         pidfd,
