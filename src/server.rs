@@ -371,13 +371,15 @@ async fn accept_loop(
     connections: Arc<tokio::sync::Mutex<JoinSet<()>>>,
 ) {
     loop {
-        // At the client limit, stop accepting until a client leaves (as libvirtd does).
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = stop.changed() => return,
-        };
         let accepted = tokio::select! {
             a = accept(&daemon, &listener) => a,
+            _ = stop.changed() => return,
+        };
+        // At the client limit the accepted client waits unserved, and this listener
+        // accepts nobody else, until a client leaves. (Taking the place before accept()
+        // would let every idle listener hold one.)
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = stop.changed() => return,
         };
         let (reader_writer, transport, peer) = match accepted {

@@ -227,3 +227,26 @@ fn anonymous_clients_are_limited_and_must_authenticate_in_time() {
         Status::OK
     );
 }
+
+#[test]
+fn max_clients_suspends_accepting_until_a_client_leaves() {
+    let d = Daemon::start_with("max_clients = 2\n");
+    let mut a = Raw::connect(d.port);
+    let mut b = Raw::connect(d.port);
+    for r in [&mut a, &mut b] {
+        r.call(p::AUTH_LIST, 0, &());
+        assert_eq!(r.reply().expect("served").0.status, Status::OK);
+    }
+    // The third connection waits in the listen queue, unanswered.
+    let mut c = Raw::connect(d.port);
+    c.s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    c.call(p::AUTH_LIST, 0, &());
+    assert!(c.reply().is_none(), "accepted beyond max_clients");
+    // One leaves: the waiting client is accepted and answered.
+    drop(a);
+    c.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(
+        c.reply().expect("served once a place freed").0.status,
+        Status::OK
+    );
+}
