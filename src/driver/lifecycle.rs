@@ -245,7 +245,7 @@ impl Driver {
     /// `virDomainCreateXML`: a transient domain, started at once (or a live definition
     /// over an inactive persistent domain of the same name and uuid).
     pub async fn create_xml(&self, xml: &str, start_paused: bool) -> Result<DomRef> {
-        let def = Arc::new(domxml::parse(xml).map_err(Error::def)?);
+        let def = Arc::new(Driver::parse_def(xml).await?);
         let (obj, fresh) = self.find_or_insert(&def)?;
         let _job = obj.begin_job().await?;
         if obj.data().live.is_some() {

@@ -596,9 +596,19 @@ impl Driver {
         }
     }
 
+    /// Parses a definition on a blocking thread: a hostile document can cost hundreds of
+    /// milliseconds of CPU, which on a runtime worker would stall every connection's I/O.
+    pub(super) async fn parse_def(xml: &str) -> Result<DomainDef> {
+        let xml = xml.to_owned();
+        tokio::task::spawn_blocking(move || domxml::parse(&xml))
+            .await
+            .map_err(|e| Error::new(code::INTERNAL_ERROR, format!("XML parser failed: {e}")))?
+            .map_err(Error::def)
+    }
+
     /// `virDomainDefineXML`: adds or replaces a persistent definition.
     pub async fn define(&self, xml: &str) -> Result<DomRef> {
-        let def = domxml::parse(xml).map_err(Error::def)?;
+        let def = Self::parse_def(xml).await?;
         let (obj, _) = self.find_or_insert(&def)?;
         let _job = match obj.begin_job().await {
             Ok(j) => j,

@@ -295,6 +295,11 @@ pub async fn node_get_memory_stats(
             a.cell_num
         )));
     }
+    check_nparams(
+        ctx,
+        a.nparams,
+        virtumld_protocol::limits::NODE_MEMORY_STATS_MAX,
+    )?;
     let stats = host::memory_stats();
     // A first call with nparams 0 asks how many there are.
     if a.nparams == 0 {
@@ -317,6 +322,25 @@ pub async fn node_get_memory_stats(
     })
 }
 
+/// libvirtd refuses more than the wire bound ("nparams too large"), its public API a
+/// negative count.
+fn check_nparams(ctx: &Ctx<'_>, nparams: i32, max: usize) -> Reply<()> {
+    if nparams < 0 {
+        return Err(err::invalid_arg(format!(
+            "nparams in {} must not be negative",
+            ctx.info.api
+        )));
+    }
+    if nparams as usize > max {
+        return Err(RemoteError::new(
+            code::INTERNAL_ERROR,
+            domain::RPC,
+            "internal error: nparams too large",
+        ));
+    }
+    Ok(())
+}
+
 pub async fn node_get_cpu_stats(
     ctx: &Ctx<'_>,
     a: NodeGetCpuStatsArgs,
@@ -324,6 +348,11 @@ pub async fn node_get_cpu_stats(
     if a.flags != 0 {
         return Err(err::unsupported_flags(ctx.info, u64::from(a.flags)));
     }
+    check_nparams(
+        ctx,
+        a.nparams,
+        virtumld_protocol::limits::NODE_CPU_STATS_MAX,
+    )?;
     let stats = host::cpu_stats(a.cpu_num)
         .ok_or_else(|| err::invalid_arg(format!("Invalid cpuNum {}", a.cpu_num)))?;
     if a.nparams == 0 {

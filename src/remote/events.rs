@@ -151,6 +151,9 @@ fn encode(style: &Style, ev: &DomainEvent) -> BytesMut {
     }
 }
 
+/// How long an event waits for room in a client's queue before the client is dropped.
+const EVENT_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Relays driver events to one connection until it goes away. A client that stops
 /// reading until its queue is full is disconnected rather than buffered without bound.
 async fn forward(driver: Driver, registry: Weak<Registry>, client: Weak<Client>) {
@@ -171,10 +174,18 @@ async fn forward(driver: Driver, registry: Weak<Registry>, client: Weak<Client>)
             return;
         };
         for m in registry.messages_for(c.id, &ev) {
-            if !c.try_send(m) {
-                tracing::warn!("client's queue is full: disconnecting it");
-                c.close_requested.notify_one();
-                return;
+            // A full queue is normal for a client that reads at its own pace (calls in
+            // flight, a busy console): wait for room, but not for ever.
+            match tokio::time::timeout(EVENT_QUEUE_WAIT, c.send(m)).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(_) => {
+                    tracing::warn!(
+                        "client's queue stayed full for {EVENT_QUEUE_WAIT:?}: disconnecting it"
+                    );
+                    c.close_requested.notify_one();
+                    return;
+                }
             }
         }
     }

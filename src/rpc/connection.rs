@@ -268,7 +268,10 @@ async fn on_message(
         Ok((h, _)) => h,
         Err(_) => return false, // cannot happen: the length is at least a header
     };
-    if header.program == KEEPALIVE_PROGRAM && header.version == KEEPALIVE_PROTOCOL_VERSION {
+    if header.program == KEEPALIVE_PROGRAM
+        && header.version == KEEPALIVE_PROTOCOL_VERSION
+        && header.kind != MessageType::CALL
+    {
         if header.kind == MessageType::MESSAGE && header.procedure == KEEPALIVE_PROC_PING {
             // Answered here, never behind calls.
             return client.send(keepalive_message(KEEPALIVE_PROC_PONG)).await;
@@ -361,7 +364,10 @@ fn spawn_call(
         async move {
             let payload = msg.slice(MESSAGE_HEADER_LEN..);
             let reply = remote::dispatch(&daemon, &client, &header, payload).await;
-            client.send(reply).await;
+            if !client.send(reply).await {
+                // The writer is gone (the peer left): run nothing more for this connection.
+                client.close_requested.notify_one();
+            }
             // A stream the call opened may send once its reply is on its way.
             client.streams.activate(header.serial);
             drop(permit);

@@ -1,0 +1,930 @@
+//! soak: a bounded soak test of virtumld with real UML guests.
+//!
+//! N client threads share M guests for a fixed time, each mixing lifecycle work (start,
+//! destroy, suspend, resume), console sessions (DOMAIN_OPEN_CONSOLE, read, type, finish)
+//! and queries (list, info, state, XML), over the raw protocol; a few python3-libvirt
+//! processes read consoles through the stock client library alongside. At the end every
+//! guest is put back in its initial state and the report gives: operations and errors
+//! (expected refusals such as "already running" apart from real failures), the daemon's
+//! RSS, fds and threads at start and end, zombie children, stray guest processes, and the
+//! p50/p99 latency of the query calls minute by minute (drift).
+
+mod conn;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use virtumld_protocol::error::code;
+use virtumld_protocol::header::{MessageType, Status};
+use virtumld_protocol::procedures::proc as p;
+use virtumld_protocol::remote::{
+    ConnectListAllDomainsArgs, ConnectListAllDomainsRet, DomainDefineXmlArgs, DomainDefineXmlRet,
+    DomainGetInfoArgs, DomainGetInfoRet, DomainGetStateArgs, DomainGetStateRet,
+    DomainGetXmlDescArgs, DomainGetXmlDescRet, DomainOpenConsoleArgs, NonnullDomain,
+};
+use virtumld_protocol::xdr;
+
+use conn::{Conn, Outcome};
+
+#[derive(Parser)]
+#[command(
+    name = "soak",
+    about = "Soak virtumld: N clients doing lifecycle, console and query work on M real UML guests",
+    after_help = "Without --spawn, soak talks to a daemon already listening on 127.0.0.1:PORT \
+                  (TCP, auth none) and reports its resources only when --pid is given; the \
+                  guest images go to --workdir, which that daemon must be able to read. \
+                  With --spawn PATH it starts PATH --system --root WORKDIR/root --listen on \
+                  PORT and stops it at the end."
+)]
+struct Cli {
+    /// TCP port of the daemon (127.0.0.1).
+    #[arg(long)]
+    uri_port: u16,
+    /// Number of guests (soak-0 … soak-M-1), defined and booted at the start.
+    #[arg(long, default_value_t = 3)]
+    guests: usize,
+    /// Number of raw-protocol client threads.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Length of the soak, seconds.
+    #[arg(long, default_value_t = 120)]
+    duration: u64,
+    /// Start a private daemon from this virtumld binary.
+    #[arg(long)]
+    spawn: Option<PathBuf>,
+    /// The daemon's pid (for RSS, fds and zombies) when it was not spawned here.
+    #[arg(long)]
+    pid: Option<i32>,
+    /// Where images, the private root and logs go (default: a new directory under /tmp).
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+    /// Keep the work directory.
+    #[arg(long)]
+    keep: bool,
+    /// tools/mkguest, which builds the busybox guest images.
+    #[arg(long)]
+    mkguest: Option<PathBuf>,
+    /// python3-libvirt console readers running alongside (0 for none).
+    #[arg(long, default_value_t = 2)]
+    py_readers: usize,
+    /// The python with the libvirt module.
+    #[arg(long, default_value = "/usr/bin/python3")]
+    python: PathBuf,
+    /// Share of operations (percent) that are queries; the rest is split between lifecycle
+    /// and console work.
+    #[arg(long, default_value_t = 60)]
+    query_percent: u64,
+}
+
+/// xorshift64*.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Results
+// ---------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Results {
+    /// Per operation: (ok, refused as expected, failed).
+    ops: BTreeMap<&'static str, [u64; 3]>,
+    /// Unexpected errors by message.
+    errors: BTreeMap<String, u64>,
+    /// Query latencies in microseconds, by minute since the start.
+    latency: BTreeMap<u64, Vec<u64>>,
+    console_bytes: u64,
+    reconnects: u64,
+}
+
+impl Results {
+    fn count(&mut self, op: &'static str, slot: usize) {
+        self.ops.entry(op).or_default()[slot] += 1;
+    }
+
+    fn fail(&mut self, op: &'static str, what: String) {
+        self.count(op, 2);
+        *self.errors.entry(format!("{op}: {what}")).or_default() += 1;
+    }
+}
+
+/// Refusals a mixed workload is bound to meet: starting a running guest, pausing a paused
+/// one, a console already in use, a guest that stopped meanwhile.
+fn expected_refusal(e: &virtumld_protocol::error::RemoteError) -> bool {
+    let m = e.message.as_deref().unwrap_or("");
+    e.code == code::OPERATION_INVALID
+        || m.contains("Active console session")
+        || m.contains("not running")
+        || m.contains("already running")
+}
+
+// ---------------------------------------------------------------------------------------
+// The daemon and the host
+// ---------------------------------------------------------------------------------------
+
+fn status_kib(pid: i32, key: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(key))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn fd_count(pid: i32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+fn stat_fields(pid: i32) -> Option<(String, String, i32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = s.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_string();
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.to_string();
+    let ppid = f.next()?.parse().ok()?;
+    Some((comm, state, ppid))
+}
+
+fn pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .collect()
+}
+
+/// Zombie children of `parent`.
+fn zombies_of(parent: i32) -> usize {
+    pids()
+        .into_iter()
+        .filter(|&p| stat_fields(p).is_some_and(|(_, st, pp)| st == "Z" && pp == parent))
+        .count()
+}
+
+/// Processes whose command line carries `uml_dir=<dir>`: every process of every guest.
+fn guest_processes(uml_dir: &Path) -> Vec<i32> {
+    let needle = format!("uml_dir={}", uml_dir.display());
+    pids()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|w| w == needle.as_bytes()))
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Snapshot {
+    rss_kib: u64,
+    fds: usize,
+    threads: u64,
+    zombies: usize,
+}
+
+fn snapshot(pid: Option<i32>) -> Option<Snapshot> {
+    let pid = pid?;
+    Some(Snapshot {
+        rss_kib: status_kib(pid, "VmRSS:")?,
+        fds: fd_count(pid)?,
+        threads: status_kib(pid, "Threads:")?,
+        zombies: zombies_of(pid),
+    })
+}
+
+struct Spawned {
+    child: Child,
+}
+
+impl Spawned {
+    fn start(bin: &Path, root: &Path, port: u16, log: &Path) -> std::io::Result<Spawned> {
+        std::fs::create_dir_all(root)?;
+        let conf = root.join("virtumld.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen_tcp = 1\nlisten_tls = 0\nlisten_addr = \"127.0.0.1\"\ntcp_port = \"{port}\"\nauth_tcp = \"none\"\nmax_clients = 200\n"
+            ),
+        )?;
+        let child = Command::new(bin)
+            .arg("--system")
+            .arg("--root")
+            .arg(root)
+            .arg("--config")
+            .arg(&conf)
+            .arg("--listen")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log)?)
+            .spawn()?;
+        let s = Spawned { child };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(std::io::Error::other("the daemon did not come up in 15 s"))
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGTERM, then SIGKILL after 20 s.
+    fn stop(mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Guests
+// ---------------------------------------------------------------------------------------
+
+fn guest_name(i: usize) -> String {
+    format!("soak-{i}")
+}
+
+fn guest_xml(i: usize, image: &Path) -> String {
+    format!(
+        "<domain type='uml'>
+  <name>{}</name>
+  <uuid>50a50a00-0000-4000-8000-{i:012x}</uuid>
+  <memory unit='MiB'>64</memory>
+  <os>
+    <type>uml</type>
+    <kernel>/usr/bin/linux.uml</kernel>
+  </os>
+  <devices>
+    <disk type='file' device='disk'>
+      <source file='{}'/>
+      <target dev='ubd0' bus='uml'/>
+    </disk>
+    <console type='pty'/>
+  </devices>
+</domain>
+",
+        guest_name(i),
+        image.display()
+    )
+}
+
+fn state_of(c: &mut Conn, dom: &NonnullDomain) -> std::io::Result<i32> {
+    Ok(c.call_xdr::<DomainGetStateRet>(
+        p::DOMAIN_GET_STATE,
+        &DomainGetStateArgs {
+            dom: dom.clone(),
+            flags: 0,
+        },
+    )?
+    .map(|r| r.state)
+    .unwrap_or(-1))
+}
+
+/// Defines (again) and boots every guest, resuming paused ones: the state both ends of the
+/// soak are measured in.
+fn all_running(addr: &str, doms: &[NonnullDomain]) -> std::io::Result<()> {
+    let mut c = Conn::open(addr)?;
+    for d in doms {
+        match state_of(&mut c, d)? {
+            1 => {}
+            3 => {
+                let _ = c.call(p::DOMAIN_RESUME, &xdr::to_bytes(d))?;
+            }
+            _ => {
+                let r = c.call(p::DOMAIN_CREATE, &xdr::to_bytes(d))?;
+                if let Err(e) = r {
+                    if !expected_refusal(&e) {
+                        return Err(conn::remote_io(e));
+                    }
+                }
+            }
+        }
+    }
+    // Starts run in the daemon even when the caller raced another client: wait for all.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        let mut up = 0;
+        for d in doms {
+            if state_of(&mut c, d)? == 1 {
+                up += 1;
+            }
+        }
+        if up == doms.len() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(std::io::Error::other("the guests did not all come up"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Workers
+// ---------------------------------------------------------------------------------------
+
+struct Ctx {
+    addr: String,
+    doms: Vec<NonnullDomain>,
+    begun: Instant,
+    deadline: Instant,
+    query_percent: u64,
+    results: Mutex<Results>,
+    stop: AtomicBool,
+}
+
+fn worker(ctx: Arc<Ctx>, seed: u64) {
+    let mut rng = Rng(seed | 1);
+    let mut conn: Option<Conn> = None;
+    while Instant::now() < ctx.deadline && !ctx.stop.load(Ordering::Acquire) {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match Conn::open(&ctx.addr) {
+                Ok(c) => {
+                    ctx.results.lock().unwrap().reconnects += 1;
+                    conn.insert(c)
+                }
+                Err(e) => {
+                    ctx.results.lock().unwrap().fail("connect", e.to_string());
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+            },
+        };
+        let dom = ctx.doms[rng.below(ctx.doms.len() as u64) as usize].clone();
+        let roll = rng.below(100);
+        let rest = 100 - ctx.query_percent;
+        let ok = if roll < ctx.query_percent {
+            query(c, &ctx, &dom, &mut rng)
+        } else if roll < ctx.query_percent + rest / 2 {
+            lifecycle(c, &ctx, &dom, &mut rng)
+        } else {
+            console(c, &ctx, &dom, &mut rng)
+        };
+        if let Err(e) = ok {
+            ctx.results.lock().unwrap().fail("io", e.to_string());
+            conn = None;
+        }
+        // Lifecycle work is slow; keep the mix from being all queries in wall time.
+        std::thread::sleep(Duration::from_millis(rng.below(20)));
+    }
+}
+
+fn record(ctx: &Ctx, op: &'static str, r: Outcome) {
+    let mut res = ctx.results.lock().unwrap();
+    match r {
+        Ok(_) => res.count(op, 0),
+        Err(e) if expected_refusal(&e) => res.count(op, 1),
+        Err(e) => res.fail(op, e.message.unwrap_or_default()),
+    }
+}
+
+fn query(c: &mut Conn, ctx: &Ctx, dom: &NonnullDomain, rng: &mut Rng) -> std::io::Result<()> {
+    let t = Instant::now();
+    let (op, r): (&'static str, Outcome) = match rng.below(4) {
+        0 => (
+            "list",
+            c.call(
+                p::CONNECT_LIST_ALL_DOMAINS,
+                &xdr::to_bytes(&ConnectListAllDomainsArgs {
+                    need_results: 1,
+                    flags: 0,
+                }),
+            )?
+            .inspect(|b| {
+                xdr::from_bytes::<ConnectListAllDomainsRet>(b).expect("list reply");
+            }),
+        ),
+        1 => (
+            "info",
+            c.call(
+                p::DOMAIN_GET_INFO,
+                &xdr::to_bytes(&DomainGetInfoArgs { dom: dom.clone() }),
+            )?
+            .inspect(|b| {
+                xdr::from_bytes::<DomainGetInfoRet>(b).expect("info reply");
+            }),
+        ),
+        2 => (
+            "state",
+            c.call(
+                p::DOMAIN_GET_STATE,
+                &xdr::to_bytes(&DomainGetStateArgs {
+                    dom: dom.clone(),
+                    flags: 0,
+                }),
+            )?,
+        ),
+        _ => (
+            "xml",
+            c.call(
+                p::DOMAIN_GET_XML_DESC,
+                &xdr::to_bytes(&DomainGetXmlDescArgs {
+                    dom: dom.clone(),
+                    flags: 0,
+                }),
+            )?
+            .inspect(|b| {
+                let x = xdr::from_bytes::<DomainGetXmlDescRet>(b).expect("xml reply");
+                assert!(x.xml.contains(&dom.name));
+            }),
+        ),
+    };
+    let us = t.elapsed().as_micros() as u64;
+    let minute = ctx.begun.elapsed().as_secs() / 60;
+    ctx.results
+        .lock()
+        .unwrap()
+        .latency
+        .entry(minute)
+        .or_default()
+        .push(us);
+    record(ctx, op, r);
+    Ok(())
+}
+
+fn lifecycle(c: &mut Conn, ctx: &Ctx, dom: &NonnullDomain, rng: &mut Rng) -> std::io::Result<()> {
+    let (op, procedure) = match rng.below(10) {
+        0..=3 => ("start", p::DOMAIN_CREATE),
+        4..=5 => ("destroy", p::DOMAIN_DESTROY),
+        6..=7 => ("suspend", p::DOMAIN_SUSPEND),
+        _ => ("resume", p::DOMAIN_RESUME),
+    };
+    let r = c.call(procedure, &xdr::to_bytes(dom))?;
+    record(ctx, op, r);
+    Ok(())
+}
+
+/// A console session: open, read about 300 ms (typing a line), finish, wait for the
+/// confirmation.
+fn console(c: &mut Conn, ctx: &Ctx, dom: &NonnullDomain, rng: &mut Rng) -> std::io::Result<()> {
+    let serial = c.next_serial();
+    let r = c.call(
+        p::DOMAIN_OPEN_CONSOLE,
+        &xdr::to_bytes(&DomainOpenConsoleArgs {
+            dom: dom.clone(),
+            dev_name: None,
+            flags: 0,
+        }),
+    )?;
+    if r.is_err() {
+        record(ctx, "console", r);
+        return Ok(());
+    }
+    let mut bytes = 0u64;
+    let mut ended = false;
+    let read_until = Instant::now() + Duration::from_millis(200 + rng.below(200));
+    let mut typed = false;
+    while let Some((h, payload)) = c.next_message(read_until)? {
+        if h.kind == MessageType::STREAM && h.serial == serial {
+            if payload.is_empty() {
+                ended = true; // the guest went away: end of stream
+                break;
+            }
+            bytes += payload.len() as u64;
+            if !typed {
+                typed = true;
+                c.stream_send(p::DOMAIN_OPEN_CONSOLE, serial, Status::CONTINUE, b"\r")?;
+            }
+        }
+    }
+    // Finish, and wait for the daemon's empty OK.
+    c.stream_send(p::DOMAIN_OPEN_CONSOLE, serial, Status::OK, &[])?;
+    let confirm_by = Instant::now() + Duration::from_secs(15);
+    let mut confirmed = false;
+    while let Some((h, _)) = c.next_message(confirm_by)? {
+        if h.kind == MessageType::STREAM && h.serial == serial && h.status != Status::CONTINUE {
+            confirmed = true;
+            break;
+        }
+    }
+    let mut res = ctx.results.lock().unwrap();
+    res.console_bytes += bytes;
+    if confirmed {
+        res.count("console", 0);
+    } else {
+        res.fail(
+            "console",
+            format!("finish not confirmed within 15 s (stream ended first: {ended})"),
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// python3-libvirt console readers
+// ---------------------------------------------------------------------------------------
+
+const PY_READER: &str = r#"
+import libvirt, os, sys, time, json
+uri, names, end = os.environ["URI"], os.environ["DOMS"].split(","), time.time() + float(os.environ["SECS"])
+out = {"sessions": 0, "busy": 0, "bytes": 0, "errors": []}
+c = libvirt.open(uri)
+i = 0
+while time.time() < end:
+    name = names[i % len(names)]
+    i += 1
+    try:
+        d = c.lookupByName(name)
+        if d.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
+            time.sleep(0.2)
+            continue
+        st = c.newStream(0)
+        try:
+            d.openConsole(None, st, 0)
+        except libvirt.libvirtError as e:
+            if "Active console session" in str(e) or "not running" in str(e) or "not available" in str(e):
+                out["busy"] += 1
+                time.sleep(0.1)
+                continue
+            raise
+        # The line's recent output comes at once on attach (empty: the guest went away).
+        out["bytes"] += len(st.recv(65536))
+        try:
+            st.finish()
+        except libvirt.libvirtError:
+            st.abort()
+        out["sessions"] += 1
+    except libvirt.libvirtError as e:
+        msg = str(e)
+        if "not running" in msg or "Active console session" in msg or "not available" in msg:
+            out["busy"] += 1
+        else:
+            out["errors"].append(msg)
+print(json.dumps(out))
+"#;
+
+fn start_py_readers(cli: &Cli, names: &str) -> Vec<Child> {
+    (0..cli.py_readers)
+        .filter_map(|_| {
+            Command::new(&cli.python)
+                .arg("-c")
+                .arg(PY_READER)
+                .env(
+                    "URI",
+                    format!("uml+tcp://127.0.0.1:{}/system", cli.uri_port),
+                )
+                .env("DOMS", names)
+                .env("SECS", cli.duration.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| eprintln!("soak: cannot start {}: {e}", cli.python.display()))
+                .ok()
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// main
+// ---------------------------------------------------------------------------------------
+
+fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("soak: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<bool, String> {
+    let workdir = cli
+        .workdir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/tmp/soak-{}", std::process::id())));
+    std::fs::create_dir_all(&workdir).map_err(|e| format!("{}: {e}", workdir.display()))?;
+    let addr = format!("127.0.0.1:{}", cli.uri_port);
+    let root = workdir.join("root");
+    let daemon = match &cli.spawn {
+        Some(bin) => Some(
+            Spawned::start(bin, &root, cli.uri_port, &workdir.join("daemon.log"))
+                .map_err(|e| format!("starting {}: {e}", bin.display()))?,
+        ),
+        None => None,
+    };
+    let pid = daemon.as_ref().map(Spawned::pid).or(cli.pid);
+
+    // Guests: images, definitions, all booted.
+    let mkguest = cli
+        .mkguest
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../mkguest")));
+    let mut doms = Vec::new();
+    let mut setup = Conn::open(&addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+    for i in 0..cli.guests {
+        let img = workdir.join(format!("{}.img", guest_name(i)));
+        if !img.exists() {
+            let st = Command::new(&mkguest)
+                .arg(&img)
+                .status()
+                .map_err(|e| format!("{}: {e}", mkguest.display()))?;
+            if !st.success() {
+                return Err(format!(
+                    "{} failed for {}",
+                    mkguest.display(),
+                    img.display()
+                ));
+            }
+        }
+        let r = setup
+            .call_xdr::<DomainDefineXmlRet>(
+                p::DOMAIN_DEFINE_XML,
+                &DomainDefineXmlArgs {
+                    xml: guest_xml(i, &img),
+                },
+            )
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("define {}: {:?}", guest_name(i), e.message))?;
+        doms.push(r.dom);
+    }
+    drop(setup);
+    all_running(&addr, &doms).map_err(|e| format!("booting the guests: {e}"))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let before = snapshot(pid);
+
+    println!(
+        "soak: {} clients, {} guests, {} s, daemon {} ({})",
+        cli.clients,
+        cli.guests,
+        cli.duration,
+        pid.map_or("pid unknown".into(), |p| format!("pid {p}")),
+        if daemon.is_some() {
+            "spawned"
+        } else {
+            "external"
+        }
+    );
+    let begun = Instant::now();
+    let ctx = Arc::new(Ctx {
+        addr: addr.clone(),
+        doms: doms.clone(),
+        begun,
+        deadline: begun + Duration::from_secs(cli.duration),
+        query_percent: cli.query_percent.min(100),
+        results: Mutex::new(Results::default()),
+        stop: AtomicBool::new(false),
+    });
+    let names: Vec<String> = doms.iter().map(|d| d.name.clone()).collect();
+    let mut readers = start_py_readers(cli, &names.join(","));
+    let threads: Vec<_> = (0..cli.clients)
+        .map(|i| {
+            let c = ctx.clone();
+            let seed = begun.elapsed().as_nanos() as u64 ^ ((i as u64 + 1) * 0x9e37_79b9);
+            std::thread::spawn(move || worker(c, seed))
+        })
+        .collect();
+    // Resource samples every 10 s, printed as we go.
+    let mut samples = Vec::new();
+    while Instant::now() < ctx.deadline {
+        std::thread::sleep(
+            Duration::from_secs(10).min(ctx.deadline - Instant::now().min(ctx.deadline)),
+        );
+        if let Some(s) = snapshot(pid) {
+            println!(
+                "  t={:>4}s  rss {:>7} KiB  fds {:>4}  threads {:>3}  zombies {}",
+                begun.elapsed().as_secs(),
+                s.rss_kib,
+                s.fds,
+                s.threads,
+                s.zombies
+            );
+            samples.push(s);
+        }
+        let _ = std::io::stdout().flush();
+    }
+    ctx.stop.store(true, Ordering::Release);
+    for t in threads {
+        let _ = t.join();
+    }
+    let mut py = Vec::new();
+    for r in readers.drain(..) {
+        // They end by themselves at the deadline; give them 30 s more, then kill.
+        let start = Instant::now();
+        let mut r = r;
+        loop {
+            match r.try_wait() {
+                Ok(Some(_)) => break,
+                _ if start.elapsed() > Duration::from_secs(30) => {
+                    let _ = r.kill();
+                    break;
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        if let Ok(o) = r.wait_with_output() {
+            py.push((
+                o.status,
+                String::from_utf8_lossy(&o.stdout).trim().to_string(),
+                String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            ));
+        }
+    }
+
+    // Back to the initial state, then measure again.
+    let restored = all_running(&addr, &doms);
+    std::thread::sleep(Duration::from_secs(2));
+    let after = snapshot(pid);
+    let stray = {
+        let uml_dir = root.join("run/libvirt/uml-guest");
+        if daemon.is_some() {
+            Some(guest_processes(&uml_dir))
+        } else {
+            None
+        }
+    };
+
+    // Report.
+    let res = ctx.results.lock().unwrap();
+    let mut healthy = restored.is_ok();
+    println!("\noperations (ok / refused as expected / failed):");
+    for (op, [ok, refused, failed]) in &res.ops {
+        println!("  {op:<10} {ok:>7} {refused:>7} {failed:>5}");
+    }
+    println!(
+        "  console bytes read {}; reconnects {}",
+        res.console_bytes, res.reconnects
+    );
+    let failed: u64 = res.ops.values().map(|v| v[2]).sum();
+    if failed > 0 {
+        healthy = false;
+        println!("unexpected errors:");
+        let mut errs: Vec<_> = res.errors.iter().collect();
+        errs.sort_by(|a, b| b.1.cmp(a.1));
+        for (m, n) in errs.iter().take(15) {
+            println!("  {n:>5} × {m}");
+        }
+    }
+    if let Err(e) = &restored {
+        println!("restoring the guests failed: {e}");
+    }
+    println!("\nquery latency by minute (µs):");
+    println!("  minute   calls     p50     p99     max");
+    for (m, v) in &res.latency {
+        let mut v = v.clone();
+        v.sort_unstable();
+        println!(
+            "  {m:>6} {:>7} {:>7} {:>7} {:>7}",
+            v.len(),
+            percentile(&v, 0.5),
+            percentile(&v, 0.99),
+            v.last().copied().unwrap_or(0)
+        );
+    }
+    println!("\npython3-libvirt console readers:");
+    for (st, out, err) in &py {
+        println!("  exit {st}: {out}");
+        if !st.success() {
+            healthy = false;
+            println!("  stderr: {}", err.lines().last().unwrap_or(""));
+        } else if out.contains("\"errors\": [\"") {
+            healthy = false;
+        }
+    }
+    match (before, after) {
+        (Some(b), Some(a)) => {
+            println!("\ndaemon resources (guests all running at both ends):");
+            println!(
+                "  rss     {:>7} KiB -> {:>7} KiB ({:+} KiB)",
+                b.rss_kib,
+                a.rss_kib,
+                a.rss_kib as i64 - b.rss_kib as i64
+            );
+            println!(
+                "  fds     {:>7}     -> {:>7}     ({:+})",
+                b.fds,
+                a.fds,
+                a.fds as i64 - b.fds as i64
+            );
+            println!("  threads {:>7}     -> {:>7}", b.threads, a.threads);
+            println!(
+                "  zombie children {} -> {} (max seen {})",
+                b.zombies,
+                a.zombies,
+                samples.iter().map(|s| s.zombies).max().unwrap_or(0)
+            );
+            if a.fds > b.fds || a.zombies > 0 {
+                healthy = false;
+            }
+        }
+        _ => println!("\ndaemon resources: unknown (no --pid)"),
+    }
+    if let Some(stray) = &stray {
+        // Each running guest is a handful of processes; what matters is the main ones.
+        println!(
+            "  guest processes under the root at the end: {}",
+            stray.len()
+        );
+    }
+    drop(res);
+
+    // Clean up: destroy and undefine the guests; stop a spawned daemon and anything left.
+    if let Ok(mut c) = Conn::open(&addr) {
+        for d in &doms {
+            let _ = c.call(p::DOMAIN_DESTROY, &xdr::to_bytes(d));
+            let _ = c.call(p::DOMAIN_UNDEFINE, &xdr::to_bytes(d));
+        }
+    }
+    if let Some(d) = daemon {
+        let uml_dir = root.join("run/libvirt/uml-guest");
+        // Give the destroyed guests' processes a moment to go.
+        let start = Instant::now();
+        let mut left = guest_processes(&uml_dir);
+        while !left.is_empty() && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(200));
+            left = guest_processes(&uml_dir);
+        }
+        if !left.is_empty() {
+            healthy = false;
+            println!("  guest processes left 10 s after destroying every guest:");
+            for p in &left {
+                let (comm, state, ppid) = stat_fields(*p).unwrap_or_default();
+                let session = std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        s.rsplit_once(')')?
+                            .1
+                            .split_whitespace()
+                            .nth(3)?
+                            .parse::<i32>()
+                            .ok()
+                    });
+                let holds: Vec<String> = std::fs::read_dir(format!("/proc/{p}/fd"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|e| std::fs::read_link(e.path()).ok())
+                    .map(|t| t.display().to_string())
+                    .filter(|t| t.ends_with(".img") || t.contains("ptmx"))
+                    .collect();
+                println!(
+                    "    pid {p} ({comm}, state {state}, ppid {ppid}, session leader: {}) holds {holds:?}",
+                    session == Some(*p)
+                );
+            }
+        }
+        let st = d.stop();
+        for p in guest_processes(&uml_dir) {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(p.to_string())
+                .status();
+        }
+        println!("  daemon stopped: {st:?}");
+    }
+    if !cli.keep && cli.workdir.is_none() {
+        let _ = std::fs::remove_dir_all(&workdir);
+    }
+    println!("\nsoak: {}", if healthy { "PASS" } else { "FAIL" });
+    Ok(healthy)
+}
