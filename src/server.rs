@@ -400,15 +400,22 @@ async fn accept_loop(
             match reader_writer {
                 // Each transport's connection future is boxed at its own size: unboxed, every
                 // idle connection's task would be as large as the largest (TLS) branch.
-                Stream::Unix(s) => {
-                    let (r, w) = s.into_split();
-                    Box::pin(connection::serve(d, r, w, transport, peer, stop)).await
+                // Borrowed halves (`split`, not `into_split`): no shared allocation.
+                Stream::Unix(mut s) => {
+                    Box::pin(async move {
+                        let (r, w) = s.split();
+                        connection::serve(d, r, w, transport, peer, stop).await
+                    })
+                    .await
                 }
                 Stream::Admin(s) => Box::pin(crate::admin::serve(s, peer, stop)).await,
-                Stream::Tcp(s) => {
+                Stream::Tcp(mut s) => {
                     let _ = s.set_nodelay(true);
-                    let (r, w) = s.into_split();
-                    Box::pin(connection::serve(d, r, w, transport, peer, stop)).await
+                    Box::pin(async move {
+                        let (r, w) = s.split();
+                        connection::serve(d, r, w, transport, peer, stop).await
+                    })
+                    .await
                 }
                 Stream::Tls(s, tls) => {
                     Box::pin(async move {

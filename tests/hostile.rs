@@ -1786,8 +1786,8 @@ fn a_client_that_never_reads_cannot_grow_the_daemon() {
         let samples = rss_samples(pid, 8);
         let taken = c.stop();
         eprintln!("  256 KiB replies: {taken} bytes taken; RSS {base_rss} KiB -> {samples:?}");
-        // Bounded by the per-connection queues (messages, not bytes: up to 64 replies of
-        // 256 KiB here, about 16 MiB), not by the number of calls: the RSS levels off.
+        // Bounded by the connection's outbox (1 MiB plus one message) and the replies of
+        // the calls in flight, not by the number of calls: the RSS levels off.
         let last = &samples[samples.len() - 4..];
         let (lo, hi) = (
             last.iter().min().copied().unwrap_or(0),
@@ -1795,7 +1795,7 @@ fn a_client_that_never_reads_cannot_grow_the_daemon() {
         );
         assert!(hi - lo < 8 * 1024, "RSS kept growing: {samples:?}");
         assert!(
-            hi.saturating_sub(base_rss) < 64 * 1024,
+            hi.saturating_sub(base_rss) < 16 * 1024,
             "one client that never reads holds {} KiB",
             hi.saturating_sub(base_rss)
         );

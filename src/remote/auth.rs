@@ -38,7 +38,7 @@ fn fail(ctx: &Ctx<'_>, why: &str) -> RemoteError {
     warn!(peer = %auth.peer, "SASL authentication failed: {why}");
     if auth.failed() {
         info!(peer = %auth.peer, "closing connection after {} failed SASL attempts", sasl::MAX_FAILURES);
-        ctx.client.close_requested.notify_one();
+        ctx.client.request_close();
     }
     auth_failed()
 }

@@ -164,7 +164,7 @@ async fn forward(driver: Driver, registry: Weak<Registry>, client: Weak<Client>)
             Err(RecvError::Lagged(n)) => {
                 tracing::warn!("client fell {n} events behind: disconnecting it");
                 if let Some(c) = client.upgrade() {
-                    c.close_requested.notify_one();
+                    c.request_close();
                 }
                 return;
             }
@@ -183,7 +183,7 @@ async fn forward(driver: Driver, registry: Weak<Registry>, client: Weak<Client>)
                     tracing::warn!(
                         "client's queue stayed full for {EVENT_QUEUE_WAIT:?}: disconnecting it"
                     );
-                    c.close_requested.notify_one();
+                    c.request_close();
                     return;
                 }
             }

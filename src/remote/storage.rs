@@ -501,7 +501,7 @@ async fn forward(daemon: Weak<Daemon>, client: Weak<Client>) {
             Ok(ev) => ev,
             Err(RecvError::Lagged(_)) => {
                 if let Some(c) = client.upgrade() {
-                    c.close_requested.notify_one();
+                    c.request_close();
                 }
                 return;
             }
@@ -512,7 +512,7 @@ async fn forward(daemon: Weak<Daemon>, client: Weak<Client>) {
         };
         for m in d.pool_events.messages_for(c.id, &ev) {
             if !c.try_send(m) {
-                c.close_requested.notify_one();
+                c.request_close();
                 return;
             }
         }

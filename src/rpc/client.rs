@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use bytes::BytesMut;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
+use super::outbox::Outbox;
 use super::sasl::ClientAuth;
 use super::stream::Streams;
 use crate::config::AuthMethod;
@@ -41,38 +42,33 @@ pub struct Opened {
 pub struct Client {
     pub id: u64,
     pub transport: Transport,
-    tx: mpsc::Sender<BytesMut>,
+    /// Outgoing messages, written by the connection task.
+    pub outbox: Outbox,
     authenticated: AtomicBool,
     opened: Mutex<Option<Opened>>,
     keepalive: AtomicBool,
-    /// Wakes the connection loop when keepalive is switched on.
-    pub keepalive_changed: Notify,
-    /// Asks the connection loop to close the connection.
-    pub close_requested: Notify,
+    /// Set by `request_close`.
+    close: AtomicBool,
+    /// Wakes the connection loop: keepalive was switched on or a close was requested.
+    wake: Notify,
     pub streams: Streams,
     /// The listener's authentication method and the SASL exchange's state.
     pub auth: ClientAuth,
 }
 
 impl Client {
-    pub fn new(
-        id: u64,
-        transport: Transport,
-        tx: mpsc::Sender<BytesMut>,
-        auth: AuthMethod,
-        peer: String,
-    ) -> Client {
+    pub fn new(id: u64, transport: Transport, auth: AuthMethod, peer: String) -> Client {
         Client {
             id,
             transport,
-            tx,
+            outbox: Outbox::default(),
             // A listener with auth "none" lets its clients in at once.
             authenticated: AtomicBool::new(auth == AuthMethod::None),
             auth: ClientAuth::new(auth, peer),
             opened: Mutex::new(None),
             keepalive: AtomicBool::new(false),
-            keepalive_changed: Notify::new(),
-            close_requested: Notify::new(),
+            close: AtomicBool::new(false),
+            wake: Notify::new(),
             streams: Streams::default(),
         }
     }
@@ -116,18 +112,33 @@ impl Client {
     /// The client asked about the keepalive feature, so it can answer PINGs.
     pub fn enable_keepalive(&self) {
         if !self.keepalive.swap(true, Ordering::AcqRel) {
-            self.keepalive_changed.notify_one();
+            self.wake.notify_one();
         }
+    }
+
+    /// Asks the connection loop to close the connection.
+    pub fn request_close(&self) {
+        self.close.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    pub fn close_requested(&self) -> bool {
+        self.close.load(Ordering::Acquire)
+    }
+
+    /// Waits for `enable_keepalive` or `request_close`.
+    pub async fn woken(&self) {
+        self.wake.notified().await
     }
 
     /// Queues a whole encoded message; waits while the queue is full so a client that
     /// does not read holds back only its own calls.
     pub async fn send(&self, msg: BytesMut) -> bool {
-        self.tx.send(msg).await.is_ok()
+        self.outbox.send(msg).await
     }
 
     /// Queues a message without waiting; false when the queue is full or closed.
     pub fn try_send(&self, msg: BytesMut) -> bool {
-        self.tx.try_send(msg).is_ok()
+        self.outbox.try_send(msg)
     }
 }

@@ -1,13 +1,13 @@
 //! One client connection: reads whole messages, answers keepalive PINGs in the read path,
 //! runs each CALL as its own task (so replies may go out of order and a slow call never
-//! delays a PONG), and feeds one writer task through a bounded queue.
+//! delays a PONG), and writes what call tasks, events and streams queue in the connection's outbox.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 use virtumld_protocol::error::{code, domain, RemoteError};
@@ -24,12 +24,10 @@ use crate::config::AuthMethod;
 use crate::daemon::Daemon;
 use crate::remote;
 use crate::rpc::client::{Client, Transport};
+use crate::rpc::outbox::Outbox;
 use crate::rpc::sasl::{SecurityLayer, SwitchSlot};
 use crate::rpc::stream;
 
-/// Outgoing messages queued per connection before callers wait: bounds what a client that
-/// does not read can make the daemon hold.
-const TX_QUEUE: usize = 64;
 /// Replies coalesced into one write when several are ready.
 const WRITE_BATCH: usize = 64 * 1024;
 /// Calls read while `max_client_requests` are in flight wait here, so the connection keeps
@@ -67,19 +65,18 @@ impl Pending {
 pub async fn serve<R, W>(
     daemon: Arc<Daemon>,
     mut reader: R,
-    writer: W,
+    mut writer: W,
     transport: Transport,
     peer: String,
     mut shutdown: watch::Receiver<bool>,
 ) where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
 {
     let id = daemon.next_connection_id();
     let span = tracing::info_span!("conn", id, %peer);
     async move {
         info!("client connected");
-        let (tx, rx) = mpsc::channel(TX_QUEUE);
         let cfg = &daemon.config;
         let auth = match transport {
             Transport::Unix { read_only: true } => cfg.auth_unix_ro,
@@ -87,13 +84,13 @@ pub async fn serve<R, W>(
             Transport::Tcp => cfg.auth_tcp,
             Transport::Tls { .. } => cfg.auth_tls,
         };
-        let client = Arc::new(Client::new(id, transport, tx, auth, peer.clone()));
-        let switch = client.auth.switch_slot();
-        let writer_task = tokio::spawn(write_loop(writer, rx, switch).in_current_span());
+        let flushes = matches!(transport, Transport::Tls { .. });
+        let client = Arc::new(Client::new(id, transport, auth, peer.clone()));
+        let mut out = Output::new(client.auth.switch_slot(), flushes);
         // SASL security layer on input, once authentication completed with one: raw bytes
-        // from the peer collect in `raw` and decode into `buf`.
-        let mut decoding: Option<Arc<SecurityLayer>> = None;
-        let mut raw = BytesMut::new();
+        // from the peer collect there and decode into `buf`. Boxed: most connections
+        // never have one.
+        let mut decoding: Option<Box<(Arc<SecurityLayer>, BytesMut)>> = None;
         let max_requests = daemon.config.max_client_requests;
         let inflight = Arc::new(Semaphore::new(max_requests));
 
@@ -104,8 +101,8 @@ pub async fn serve<R, W>(
         );
         let mut last_rx = Instant::now();
         let mut pings_sent = 0u32;
-        let mut ticker = tokio::time::interval(ka.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Created when the client turns keepalive on (most raw clients never do).
+        let mut ticker: Option<tokio::time::Interval> = None;
         let mut pending = Pending::default();
         // A client that has not authenticated counts against max_anonymous_clients and
         // gets a bounded time to do so (libvirtd has no such timeout).
@@ -119,8 +116,11 @@ pub async fn serve<R, W>(
             }
         }
         let pre_auth_timeout = Duration::from_secs(daemon.config.pre_auth_timeout);
-        let auth_deadline = tokio::time::sleep(pre_auth_timeout);
-        tokio::pin!(auth_deadline);
+        // Boxed, and only for anonymous clients: an idle authenticated connection keeps
+        // no timer.
+        let mut auth_deadline = anonymous
+            .is_some()
+            .then(|| Box::pin(tokio::time::sleep(pre_auth_timeout)));
 
         'conn: loop {
             if stopping {
@@ -128,18 +128,19 @@ pub async fn serve<R, W>(
             }
             if anonymous.is_some() && client.is_authenticated() {
                 anonymous = None;
+                auth_deadline = None;
             }
             if decoding.is_none() {
                 if let Some(layer) = client.auth.read_layer() {
                     // Everything after the call that completed authentication is wrapped
                     // (the peer sends nothing before the reply, so normally nothing).
-                    decoding = Some(layer.clone());
-                    raw = buf.split();
+                    decoding = Some(Box::new((layer.clone(), buf.split())));
                 }
             }
-            if let Some(layer) = &decoding {
+            if let Some(d) = &mut decoding {
+                let (layer, raw) = &mut **d;
                 if !raw.is_empty() {
-                    if let Err(e) = layer.decode(&raw, &mut buf) {
+                    if let Err(e) = layer.decode(raw, &mut buf) {
                         warn!("closing connection: {e}");
                         break 'conn;
                     }
@@ -174,11 +175,16 @@ pub async fn serve<R, W>(
                     break 'conn;
                 }
             }
-            let target = if decoding.is_some() {
-                raw.reserve(16 * 1024);
-                &mut raw
-            } else {
-                &mut buf
+            if let Err(e) = out.refill(&client.outbox) {
+                warn!("closing connection: {e}");
+                break 'conn;
+            }
+            let target = match &mut decoding {
+                Some(d) => {
+                    d.1.reserve(16 * 1024);
+                    &mut d.1
+                }
+                None => &mut buf,
             };
             tokio::select! {
                 permit = inflight.clone().acquire_owned(), if !pending.calls.is_empty() => {
@@ -189,7 +195,15 @@ pub async fn serve<R, W>(
                         _ => break,
                     }
                 }
-                r = reader.read_buf(target), if !pending.full() => match r {
+                w = out.step(&mut writer, &client.outbox) => {
+                    if let Err(e) = w {
+                        debug!("write error: {e}");
+                        client.outbox.close();
+                        break;
+                    }
+                }
+                // A client that does not read its replies stops being read too.
+                r = reader.read_buf(target), if !pending.full() && !client.outbox.is_full() => match r {
                     Ok(0) => {
                         if !buf.is_empty() {
                             debug!("peer closed mid-message ({} bytes pending)", buf.len());
@@ -205,7 +219,7 @@ pub async fn serve<R, W>(
                         break;
                     }
                 },
-                _ = ticker.tick(), if ka.enabled && client.keepalive_enabled() => {
+                _ = tick(&mut ticker) => {
                     if last_rx.elapsed() >= ka.interval {
                         if pings_sent >= ka.count {
                             info!("closing connection: no answer to {pings_sent} keepalive pings");
@@ -215,29 +229,62 @@ pub async fn serve<R, W>(
                         client.try_send(keepalive_message(KEEPALIVE_PROC_PING));
                     }
                 }
-                _ = client.keepalive_changed.notified() => {
-                    ticker.reset();
+                _ = client.woken() => {
+                    if client.close_requested() {
+                        break;
+                    }
+                    if ka.enabled && ticker.is_none() && client.keepalive_enabled() {
+                        let first = Instant::now() + ka.interval;
+                        let mut t = tokio::time::interval_at(first, ka.interval);
+                        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        ticker = Some(t);
+                    }
                 }
-                _ = &mut auth_deadline, if anonymous.is_some() => {
+                _ = expiry(&mut auth_deadline) => {
                     info!("closing connection: not authenticated within {} s", pre_auth_timeout.as_secs());
                     break;
                 }
-                _ = client.close_requested.notified() => break,
                 _ = shutdown.changed() => break,
             }
         }
 
-        // Let in-flight calls finish and queue their replies, then close the writer.
+        // Let in-flight calls finish and their replies go out, then close.
         drop(anonymous);
-        let _ = inflight.acquire_many(max_requests as u32).await;
+        let calls_done = async {
+            let _ = inflight.acquire_many(max_requests as u32).await;
+        };
+        let mut open = out.drain(&mut writer, &client.outbox, calls_done).await;
         client.streams.clear();
         remote::disconnected(&daemon, &client);
-        drop(client);
-        let _ = writer_task.await;
+        if open {
+            open = out.drain(&mut writer, &client.outbox, async {}).await;
+        }
+        client.outbox.close();
+        if open {
+            let _ = writer.shutdown().await;
+        }
         info!("client disconnected");
     }
     .instrument(span)
     .await
+}
+
+/// The next tick of the keepalive timer; never, while there is none.
+async fn tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The end of the pre-authentication time; never, for a client that has no deadline.
+async fn expiry(deadline: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match deadline {
+        Some(d) => d.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 struct Keepalive {
@@ -274,7 +321,8 @@ async fn on_message(
     {
         if header.kind == MessageType::MESSAGE && header.procedure == KEEPALIVE_PROC_PING {
             // Answered here, never behind calls.
-            return client.send(keepalive_message(KEEPALIVE_PROC_PONG)).await;
+            client.outbox.force(keepalive_message(KEEPALIVE_PROC_PONG));
+            return true;
         }
         return true; // PONGs only prove liveness, which the read already recorded.
     }
@@ -291,7 +339,8 @@ async fn on_message(
                     header.program, header.version
                 ),
             );
-            return client.send(remote::error_reply(&header, &err)).await;
+            client.outbox.force(remote::error_reply(&header, &err));
+            return true;
         }
         debug!(?header, "dropping message for an unknown program");
         return true;
@@ -304,7 +353,8 @@ async fn on_message(
                     domain::RPC,
                     format!("Unexpected message status {}", header.status.0),
                 );
-                return client.send(remote::error_reply(&header, &err)).await;
+                client.outbox.force(remote::error_reply(&header, &err));
+                return true;
             }
             // In order: behind calls already waiting, or at once when a slot is free.
             match inflight.clone().try_acquire_owned() {
@@ -312,9 +362,13 @@ async fn on_message(
                     if remote::runs_inline(header.procedure) {
                         // Answered from memory: no task, no hand-off, no wake-up.
                         let payload = msg.slice(MESSAGE_HEADER_LEN..);
-                        let reply = remote::dispatch(daemon, client, &header, payload).await;
+                        // Boxed: held inline, the dispatch future (as large as the largest
+                        // handler's) would make every idle connection that much bigger.
+                        let reply =
+                            Box::pin(remote::dispatch(daemon, client, &header, payload)).await;
                         drop(permit);
-                        return client.send(reply).await;
+                        client.outbox.force(reply);
+                        return true;
                     }
                     spawn_call(daemon, client, permit, header, msg)
                 }
@@ -332,15 +386,17 @@ async fn on_message(
                 domain::RPC,
                 "file descriptor passing is not supported",
             );
-            client.send(remote::error_reply(&header, &err)).await
+            client.outbox.force(remote::error_reply(&header, &err));
+            true
         }
         _ => {
             // A client must not send replies or events; answer with an empty reply so a
             // confused peer is not left waiting, as libvirtd does.
             debug!(kind = header.kind.0, "unexpected message type from client");
             client
-                .send(frame::encode(&header.reply(Status::OK), &()))
-                .await
+                .outbox
+                .force(frame::encode(&header.reply(Status::OK), &()));
+            true
         }
     }
 }
@@ -366,7 +422,7 @@ fn spawn_call(
             let reply = remote::dispatch(&daemon, &client, &header, payload).await;
             if !client.send(reply).await {
                 // The writer is gone (the peer left): run nothing more for this connection.
-                client.close_requested.notify_one();
+                client.request_close();
             }
             // A stream the call opened may send once its reply is on its way.
             client.streams.activate(header.serial);
@@ -388,56 +444,129 @@ fn keepalive_message(procedure: i32) -> BytesMut {
     frame::encode(&h, &())
 }
 
-/// Writes queued messages, coalescing those that are ready into one write. The reply that
-/// completes a SASL exchange with a security layer ends its batch and goes out plain;
-/// everything after it is `sasl_encode`d.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut w: W,
-    mut rx: mpsc::Receiver<BytesMut>,
+/// The connection task's writing side: the batch being written (already wrapped once a
+/// SASL security layer is active) and the switch to that layer, which the reply completing
+/// authentication arms: that reply ends its batch and goes out plain, everything after it
+/// is wrapped.
+struct Output {
+    pending: BytesMut,
+    layer: Option<Arc<SecurityLayer>>,
+    next_layer: Option<Arc<SecurityLayer>>,
     switch: SwitchSlot,
-) {
-    let mut layer: Option<Arc<SecurityLayer>> = None;
-    let mut wrapped = BytesMut::new();
-    while let Some(mut first) = rx.recv().await {
-        let mut next_layer = if layer.is_none() {
-            switch.after(&first)
-        } else {
-            None
-        };
-        while next_layer.is_none() && first.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(more) => {
-                    if layer.is_none() {
-                        next_layer = switch.after(&more);
-                    }
-                    first.extend_from_slice(&more)
-                }
-                Err(_) => break,
-            }
-        }
-        let out = match &layer {
-            Some(l) => {
-                wrapped.clear();
-                if let Err(e) = l.encode(&first, &mut wrapped) {
-                    warn!("closing connection: {e}");
-                    return;
-                }
-                &wrapped
-            }
-            None => &first,
-        };
-        if let Err(e) = w.write_all(out).await {
-            debug!("write error: {e}");
-            return;
-        }
-        if next_layer.is_some() {
-            // The completing reply must reach the peer before anything wrapped.
-            if let Err(e) = w.flush().await {
-                debug!("write error: {e}");
-                return;
-            }
-            layer = next_layer;
+    /// The transport may hold written bytes back until flushed (TLS).
+    flushes: bool,
+    unflushed: bool,
+}
+
+impl Output {
+    fn new(switch: SwitchSlot, flushes: bool) -> Output {
+        Output {
+            pending: BytesMut::new(),
+            layer: None,
+            next_layer: None,
+            switch,
+            flushes,
+            unflushed: false,
         }
     }
-    let _ = w.shutdown().await;
+
+    /// Nothing written is waiting to go out.
+    fn idle(&self) -> bool {
+        self.pending.is_empty() && !self.unflushed
+    }
+
+    /// Takes the next batch from the outbox once the previous one is out.
+    fn refill(&mut self, outbox: &Outbox) -> Result<(), String> {
+        if !self.idle() {
+            return Ok(());
+        }
+        if let Some(l) = self.next_layer.take() {
+            self.layer = Some(l);
+        }
+        let watch = self.layer.is_none();
+        let switch = &self.switch;
+        let mut armed = None;
+        let stop_after = |m: &BytesMut| {
+            if watch {
+                armed = switch.after(m);
+            }
+            armed.is_some()
+        };
+        match &self.layer {
+            None => {
+                outbox.take(&mut self.pending, WRITE_BATCH, stop_after);
+            }
+            Some(layer) => {
+                let mut plain = BytesMut::new();
+                outbox.take(&mut plain, WRITE_BATCH, stop_after);
+                if !plain.is_empty() {
+                    layer.encode(&plain, &mut self.pending)?;
+                }
+            }
+        }
+        self.next_layer = armed;
+        Ok(())
+    }
+
+    /// One step of writing: part of the batch, a flush, or waiting for something to write.
+    /// Cancel-safe: the state changes only once a write or flush has completed.
+    async fn step<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        outbox: &Outbox,
+    ) -> std::io::Result<()> {
+        if !self.pending.is_empty() {
+            let n = w.write(&self.pending).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.pending.advance(n);
+            if self.pending.is_empty() {
+                // Free the written batch now rather than when the next one comes: an idle
+                // connection holds no buffer.
+                self.pending = BytesMut::new();
+            }
+            self.unflushed = self.flushes;
+        } else if self.unflushed {
+            w.flush().await?;
+            self.unflushed = false;
+        } else {
+            outbox.ready().await;
+        }
+        Ok(())
+    }
+
+    /// Writes until `until` has completed and the outbox is empty; false when the peer is
+    /// gone (then it only waits for `until`).
+    async fn drain<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        outbox: &Outbox,
+        until: impl std::future::Future<Output = ()>,
+    ) -> bool {
+        tokio::pin!(until);
+        let mut done = false;
+        loop {
+            if let Err(e) = self.refill(outbox) {
+                warn!("closing connection: {e}");
+                outbox.close();
+                until.await;
+                return false;
+            }
+            if done && self.idle() {
+                return true;
+            }
+            tokio::select! {
+                _ = &mut until, if !done => done = true,
+                r = self.step(w, outbox) => if let Err(e) = r {
+                    debug!("write error: {e}");
+                    outbox.close();
+                    if !done {
+                        until.await;
+                    }
+                    return false;
+                }
+            }
+        }
+    }
 }

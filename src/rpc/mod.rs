@@ -2,5 +2,6 @@
 
 pub mod client;
 pub mod connection;
+pub mod outbox;
 pub mod sasl;
 pub mod stream;
