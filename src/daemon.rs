@@ -18,7 +18,7 @@ pub struct Daemon {
     /// Storage pools (`dir`) and their volumes.
     pub storage: crate::storage::Storage,
     /// Storage pool event registrations of every connection.
-    pub pool_events: crate::remote::storage::PoolEventRegistry,
+    pub pool_events: Arc<crate::remote::storage::PoolEventRegistry>,
     /// `linux.uml --version`, encoded as libvirt encodes versions (0 when unknown).
     pub uml_version: u64,
     next_conn: AtomicU64,

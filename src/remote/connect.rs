@@ -138,8 +138,7 @@ pub async fn connect_open(ctx: &Ctx<'_>, a: ConnectOpenArgs) -> Reply<()> {
 }
 
 pub async fn connect_close(ctx: &Ctx<'_>) -> Reply<()> {
-    ctx.daemon.events.client_gone(ctx.client.id);
-    ctx.client.clear_opened();
+    super::disconnected(ctx.daemon, ctx.client);
     Ok(())
 }
 

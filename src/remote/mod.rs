@@ -11,6 +11,7 @@ mod connect;
 mod console;
 mod domain;
 pub mod events;
+mod registry;
 mod stats;
 pub mod storage;
 pub mod wire_error;
@@ -447,7 +448,7 @@ async fn call(ctx: &Ctx<'_>, number: i32, payload: &[u8]) -> Reply<BytesMut> {
     }
 }
 
-/// Called once a connection is gone: drop what it registered.
+/// Called once a connection is gone or closed (CONNECT_CLOSE): drop what it registered.
 pub fn disconnected(daemon: &Arc<Daemon>, client: &Arc<Client>) {
     daemon.events.client_gone(client.id);
     daemon.pool_events.client_gone(client.id);

@@ -1,25 +1,15 @@
 //! Storage pool and volume procedures over `crate::storage` (dir pools), and storage pool
 //! event registrations (368/369, events 370 LIFECYCLE and 373 REFRESH).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-
 use bytes::BytesMut;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::task::JoinHandle;
 use virtumld_protocol::error::{domain, RemoteError};
 use virtumld_protocol::frame;
-use virtumld_protocol::header::{
-    Header, MessageType, Status, REMOTE_PROGRAM, REMOTE_PROTOCOL_VERSION,
-};
 use virtumld_protocol::procedures::proc as p;
 use virtumld_protocol::remote::*;
 use virtumld_protocol::xdr::FixedOpaque;
 
+use super::registry::{event_header, Family};
 use super::{err, Ctx, Reply};
-use crate::daemon::Daemon;
-use crate::rpc::client::Client;
 use crate::storage::{self, PoolEvent, PoolEventKind, PoolRef, Storage, VolRef};
 
 impl From<storage::Error> for RemoteError {
@@ -416,66 +406,36 @@ mod pool_event_id {
 }
 
 #[derive(Debug, Clone)]
-struct Registration {
+pub struct Registration {
     callback_id: i32,
     event_id: i32,
     pool: Option<[u8; 16]>,
 }
 
-struct ClientRegs {
-    regs: Vec<Registration>,
-    forwarder: JoinHandle<()>,
-}
+/// Storage pool events: lifecycle and refresh, for every pool or one.
+pub struct PoolEvents;
 
-/// Every connection's storage pool event registrations.
-#[derive(Default)]
-pub struct PoolEventRegistry {
-    clients: Mutex<HashMap<u64, ClientRegs>>,
-    next_callback: AtomicI32,
-}
+impl Family for PoolEvents {
+    type Event = PoolEvent;
+    type Reg = Registration;
 
-impl PoolEventRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ClientRegs>> {
-        self.clients.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Drops everything a connection registered.
-    pub fn client_gone(&self, client_id: u64) {
-        if let Some(c) = self.lock().remove(&client_id) {
-            c.forwarder.abort();
-        }
-    }
-
-    fn messages_for(&self, client_id: u64, ev: &PoolEvent) -> Vec<BytesMut> {
-        let map = self.lock();
-        let Some(c) = map.get(&client_id) else {
-            return Vec::new();
-        };
+    fn message(r: &Registration, ev: &PoolEvent) -> Option<BytesMut> {
         let wanted = match ev.kind {
             PoolEventKind::Lifecycle { .. } => pool_event_id::LIFECYCLE,
             PoolEventKind::Refresh => pool_event_id::REFRESH,
         };
-        c.regs
-            .iter()
-            .filter(|r| r.event_id == wanted && r.pool.is_none_or(|u| u == ev.pool.uuid))
-            .map(|r| encode(r.callback_id, ev))
-            .collect()
+        (r.event_id == wanted && r.pool.is_none_or(|u| u == ev.pool.uuid))
+            .then(|| encode(r.callback_id, ev))
     }
 }
 
+pub type PoolEventRegistry = super::registry::Registry<PoolEvents>;
+
 fn encode(callback_id: i32, ev: &PoolEvent) -> BytesMut {
-    let header = |procedure| Header {
-        program: REMOTE_PROGRAM,
-        version: REMOTE_PROTOCOL_VERSION,
-        procedure,
-        kind: MessageType::MESSAGE,
-        serial: 1,
-        status: Status::OK,
-    };
     let pool = wire_pool(&ev.pool);
     match ev.kind {
         PoolEventKind::Lifecycle { event, detail } => frame::encode(
-            &header(p::STORAGE_POOL_EVENT_LIFECYCLE),
+            &event_header(p::STORAGE_POOL_EVENT_LIFECYCLE),
             &StoragePoolEventLifecycleMsg {
                 callback_id,
                 pool,
@@ -484,38 +444,9 @@ fn encode(callback_id: i32, ev: &PoolEvent) -> BytesMut {
             },
         ),
         PoolEventKind::Refresh => frame::encode(
-            &header(p::STORAGE_POOL_EVENT_REFRESH),
+            &event_header(p::STORAGE_POOL_EVENT_REFRESH),
             &StoragePoolEventRefreshMsg { callback_id, pool },
         ),
-    }
-}
-
-/// Relays pool events to one connection until it goes away; a client that lets its
-/// queue fill up is disconnected rather than buffered without bound.
-async fn forward(daemon: Weak<Daemon>, client: Weak<Client>) {
-    let Some(mut rx) = daemon.upgrade().map(|d| d.storage.subscribe()) else {
-        return;
-    };
-    loop {
-        let ev = match rx.recv().await {
-            Ok(ev) => ev,
-            Err(RecvError::Lagged(_)) => {
-                if let Some(c) = client.upgrade() {
-                    c.request_close();
-                }
-                return;
-            }
-            Err(RecvError::Closed) => return,
-        };
-        let (Some(c), Some(d)) = (client.upgrade(), daemon.upgrade()) else {
-            return;
-        };
-        for m in d.pool_events.messages_for(c.id, &ev) {
-            if !c.try_send(m) {
-                c.request_close();
-                return;
-            }
-        }
     }
 }
 
@@ -534,20 +465,16 @@ pub async fn connect_storage_pool_event_register_any(
         None => None,
     };
     let reg = &ctx.daemon.pool_events;
-    let id = reg.next_callback.fetch_add(1, Ordering::Relaxed);
-    let mut map = reg.lock();
-    let entry = map.entry(ctx.client.id).or_insert_with(|| ClientRegs {
-        regs: Vec::new(),
-        forwarder: tokio::spawn(forward(
-            Arc::downgrade(ctx.daemon),
-            Arc::downgrade(ctx.client),
-        )),
-    });
-    entry.regs.push(Registration {
-        callback_id: id,
-        event_id: a.event_id,
-        pool: only,
-    });
+    let id = reg.next_callback_id();
+    reg.add(
+        ctx.client,
+        || ctx.daemon.storage.subscribe(),
+        Registration {
+            callback_id: id,
+            event_id: a.event_id,
+            pool: only,
+        },
+    );
     Ok(ConnectStoragePoolEventRegisterAnyRet { callback_id: id })
 }
 
@@ -555,12 +482,10 @@ pub async fn connect_storage_pool_event_deregister_any(
     ctx: &Ctx<'_>,
     a: ConnectStoragePoolEventDeregisterAnyArgs,
 ) -> Reply<()> {
-    let mut map = ctx.daemon.pool_events.lock();
-    let removed = map.get_mut(&ctx.client.id).is_some_and(|c| {
-        let before = c.regs.len();
-        c.regs.retain(|r| r.callback_id != a.callback_id);
-        before != c.regs.len()
-    });
+    let removed = ctx
+        .daemon
+        .pool_events
+        .remove(ctx.client.id, |r| r.callback_id == a.callback_id);
     if removed {
         Ok(())
     } else {
