@@ -398,3 +398,196 @@ fn pings_are_answered_while_a_start_runs_at_the_request_limit() {
     assert_eq!((h.serial, h.status), (6, Status::OK));
     d.virsh_ok(&["destroy", "slow"]);
 }
+
+// ---------------------------------------------------------------------------------------
+// Nothing of a guest outlives it. UML forks a "winch" helper for its tty console: it calls
+// setsid (its own session and group, outside the guest's), blocks every signal but SIGKILL
+// and shares the guest's descriptors, disk image included. It used to survive a destroy
+// that escalated to SIGKILL, a guest crash, and a crash while no daemon ran; the next start
+// on the same image then failed to lock it and the guest crashed.
+// ---------------------------------------------------------------------------------------
+
+/// `/proc/PID/stat` fields 4-6: (ppid, pgrp, session).
+fn ids(pid: i32) -> Option<(i32, i32, i32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<i32> = s
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .skip(1)
+        .take(3)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    Some((f[0], f[1], f[2]))
+}
+
+/// The live processes of the root whose argv carries `umid=<umid>`.
+fn umid_pids(root: &std::path::Path, umid: &str) -> Vec<i32> {
+    let word = format!("umid={umid}");
+    guest_pids(root)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|w| w == word.as_bytes()))
+        })
+        .collect()
+}
+
+fn ps(pids: &[i32]) -> String {
+    if pids.is_empty() {
+        return "(none)".into();
+    }
+    let list: Vec<String> = pids.iter().map(i32::to_string).collect();
+    let o = std::process::Command::new("ps")
+        .args(["-o", "pid,pgid,sid,ppid,stat,args", "-p", &list.join(",")])
+        .output()
+        .expect("ps");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| l.chars().take(110).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Starts `name` and waits until its console log shows the `n`th boot and its winch
+/// helper exists; returns (main pid, winch helper pid).
+fn boot_with_helper(d: &Daemon, name: &str, log: &std::path::Path, n: usize) -> (i32, i32) {
+    d.virsh_ok(&["start", name]);
+    let root = d.root.path();
+    let booted = wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(log).is_ok_and(|t| t.matches("virtumld-guest: ready").count() >= n)
+    });
+    assert!(
+        booted,
+        "boot {n} of {name} did not complete (a lock on the image still held?)\n{}\n{}",
+        support::tail(&std::fs::read_to_string(log).unwrap_or_default(), 15),
+        ps(&guest_pids(root))
+    );
+    let main = guest_leaders(root)
+        .into_iter()
+        .find(|&p| umid_pids(root, name).contains(&p) && ids(p).is_some_and(|i| i.2 == p))
+        .expect("the guest's main process");
+    let mut winch = None;
+    let found = wait_until(Duration::from_secs(10), || {
+        winch = umid_pids(root, name)
+            .into_iter()
+            .find(|&p| ids(p).is_some_and(|(ppid, _, sid)| ppid == main && sid == p));
+        winch.is_some()
+    });
+    let all = umid_pids(root, name);
+    assert!(
+        found,
+        "no winch helper (own session, child of {main}):\n{}",
+        ps(&all)
+    );
+    let winch = winch.unwrap_or_default();
+    eprintln!("boot {n}: main {main}, winch helper {winch}\n{}", ps(&all));
+    (main, winch)
+}
+
+fn assert_nothing_left(d: &Daemon, name: &str, what: &str) {
+    let left = umid_pids(d.root.path(), name);
+    assert!(
+        left.is_empty(),
+        "{what}: processes of {name} left behind:\n{}\ndaemon log:\n{}",
+        ps(&left),
+        support::tail(&d.log(), 20)
+    );
+    let dir = d.root.path().join("run/libvirt/uml-guest").join(name);
+    assert!(!dir.exists(), "{what}: {} is left", dir.display());
+}
+
+/// Sends one mconsole command to the guest (no reply needed).
+fn mconsole_send(d: &Daemon, name: &str, cmd: &str) {
+    let me = d.root.path().join(format!("mc-{name}.sock"));
+    let _ = std::fs::remove_file(&me);
+    let sock = std::os::unix::net::UnixDatagram::bind(&me).expect("bind");
+    let target = d
+        .root
+        .path()
+        .join("run/libvirt/uml-guest")
+        .join(name)
+        .join("mconsole");
+    let req = virtumld_uml::mconsole::encode_request(cmd).expect("request");
+    sock.send_to(&req, &target).expect("send to mconsole");
+}
+
+fn signal_group(pid: i32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), sig).expect("killpg");
+}
+
+#[test]
+fn no_guest_process_outlives_destroy_crash_or_restart() {
+    use nix::sys::signal::Signal;
+    let t0 = std::time::Instant::now();
+    let mut d = Daemon::start();
+    let name = "wh";
+    let img = guest_image(d.root.path(), name);
+    let log = d.root.path().join("wh-console.log");
+    let xml = guest_xml(name, &img).replace(
+        "<console type='pty'/>",
+        &format!(
+            "<console type='pty'><log file='{}' append='on'/></console>",
+            log.display()
+        ),
+    );
+    let f = d.root.path().join("wh.xml");
+    std::fs::write(&f, xml).unwrap();
+    d.virsh_ok(&["define", &f.display().to_string()]);
+
+    // 1. A plain destroy: UML ends on SIGTERM and takes its helper along.
+    boot_with_helper(&d, name, &log, 1);
+    d.virsh_ok(&["destroy", name]);
+    assert_nothing_left(&d, name, "destroy");
+
+    // 2. A destroy that must escalate: the group is stopped, SIGTERM cannot act, SIGKILL
+    //    after the grace period; the helper, outside the group, was not even stopped.
+    let (main, winch) = boot_with_helper(&d, name, &log, 2);
+    signal_group(main, Signal::SIGSTOP);
+    let t = std::time::Instant::now();
+    d.virsh_ok(&["destroy", name]);
+    eprintln!(
+        "destroy of a stopped guest (SIGKILL after the grace): {:?}",
+        t.elapsed()
+    );
+    assert_nothing_left(&d, name, "destroy escalated to SIGKILL");
+    assert!(ids(winch).is_none(), "winch helper {winch} survived");
+
+    // 3. The guest crashes (kernel panic: UML dies of SIGABRT, skipping its clean-up).
+    boot_with_helper(&d, name, &log, 3);
+    mconsole_send(&d, name, "sysrq c");
+    wait_state(&d, name, "shut off (crashed)", 20);
+    assert_nothing_left(&d, name, "kernel panic");
+
+    // 4. The main process is killed alone, on the daemon's watch.
+    let (main, _) = boot_with_helper(&d, name, &log, 4);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(main), Signal::SIGKILL).unwrap();
+    wait_state(&d, name, "shut off (crashed)", 20);
+    assert_nothing_left(&d, name, "main process killed");
+
+    // 5. ... and while no daemon runs: the next daemon finds the leftovers and kills them.
+    let (main, winch) = boot_with_helper(&d, name, &log, 5);
+    d.kill9();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(main), Signal::SIGKILL).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            ids(main).is_none_or(|_| !umid_pids(d.root.path(), name).contains(&main))
+        }),
+        "the main process did not die"
+    );
+    assert!(
+        umid_pids(d.root.path(), name).contains(&winch),
+        "the winch helper outlives its guest's SIGKILL (the case to handle)"
+    );
+    d.spawn();
+    assert_eq!(state(&d, name), "shut off (unknown)");
+    assert_nothing_left(&d, name, "daemon restart");
+
+    // The same image boots again, fully, and a last destroy leaves nothing.
+    boot_with_helper(&d, name, &log, 6);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains("Failed to lock"), "{text}");
+    d.virsh_ok(&["destroy", name]);
+    assert_nothing_left(&d, name, "final destroy");
+    eprintln!("winch helper test: {:?}", t0.elapsed());
+}

@@ -436,7 +436,8 @@ impl Driver {
         self.finish_stop(obj, stop_reason, detail);
     }
 
-    /// Start-up: load definitions, reattach to surviving guests, start autostart ones.
+    /// Start-up: load definitions, reattach to surviving guests, kill what no status file
+    /// claims, start autostart ones.
     pub(super) async fn load(&self) {
         let paths = self.0.paths.clone();
         for dir in [&paths.domain_config_dir, &paths.domain_state_dir] {
@@ -460,11 +461,14 @@ impl Driver {
                 Err(e) => tracing::error!("ignoring unreadable definition {name}.xml: {e}"),
             }
         }
-        let mut max_id = 0;
+        let (mut max_id, mut keep) = (0, Vec::new());
         for (name, _) in xml_files(&paths.domain_state_dir) {
             let path = self.status_path(&name);
             match self.reattach(&name, Status::load(&path)).await {
-                Ok(id) => max_id = max_id.max(id),
+                Ok((id, pid)) => {
+                    max_id = max_id.max(id);
+                    keep.push(pid);
+                }
                 Err(why) => {
                     tracing::warn!(domain = %name, "guest did not survive the restart: {why}");
                     let _ = persist::remove(&path);
@@ -475,17 +479,30 @@ impl Driver {
             }
         }
         self.0.next_id.store(max_id + 1, Ordering::Relaxed);
+        // Whatever runs with our uml_dir and is not a guest just reattached was left by a
+        // previous daemon (a guest it did not finish killing, a helper that outlived its
+        // guest): the domains say shut off, so it must not run, and it may hold a disk
+        // image the next start needs.
+        match process::kill_strays(&paths.uml_dir, &keep).await {
+            Ok(pids) if !pids.is_empty() => {
+                tracing::warn!(?pids, "killed guest processes no live status claims")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("cannot kill stray guest processes: {e}"),
+        }
         let driver = self.clone();
         tokio::spawn(async move { driver.autostart_all().await });
     }
 
+    /// Finds the guest of one status file again; returns its id and main pid.
     async fn reattach(
         &self,
         name: &str,
         status: Option<Status>,
-    ) -> std::result::Result<i32, String> {
+    ) -> std::result::Result<(i32, i32), String> {
         let status = status.ok_or("unreadable status file")?;
         let def = Arc::new(domxml::parse(&status.xml).map_err(|e| e.to_string())?);
+        let pid = status.pid;
         let guest = process::reattach(
             status.pid,
             status.start_time,
@@ -529,7 +546,7 @@ impl Driver {
         };
         tracing::info!(domain = %name, id = status.id, "reattached to running guest");
         self.install(&obj, live, status.state);
-        Ok(status.id)
+        Ok((status.id, pid))
     }
 
     async fn autostart_all(&self) {

@@ -8,7 +8,9 @@
 //!   (`setsid`), so its pid is also its process group and session id, and it survives the
 //!   daemon. stdin is /dev/null; stdout and stderr append to the guest's log file.
 //! - UML forks helpers into the same group. Killing means signalling the whole group and
-//!   waiting until no member is alive and none of them is an unreaped zombie of ours.
+//!   waiting until no member is alive and none of them is an unreaped zombie of ours; then
+//!   the helpers that left the group (UML's winch helper leads a session of its own, see
+//!   `sweep.rs`) are found by their argv and killed too, so nothing of a guest outlives it.
 //! - Children are reaped by one reaper thread ([`become_subreaper`], `reaper.rs`); the
 //!   status of a guest we launched is handed to its [`Guest`]. Nothing else in the daemon
 //!   may wait for children: use [`spawn_reaped`] for other helper programs.
@@ -17,6 +19,7 @@
 
 mod procfs;
 mod reaper;
+mod sweep;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
@@ -531,7 +534,10 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Some(g) = self.0.take() {
             tracing::warn!(umid = %g.umid, pid = g.pid, "start cancelled, killing the guest");
+            let children = g.children();
             g.signal_group(Signal::SIGKILL);
+            let helpers = g.helpers(&children);
+            sweep::kill_verified(&helpers.iter().collect::<Vec<_>>());
         }
     }
 }
@@ -687,6 +693,37 @@ pub async fn reattach(
     Ok(guest)
 }
 
+/// Kills every process running with `uml_dir` in its argv that belongs to none of the
+/// guests whose main pids are in `keep` (nor to a guest this process launched): guests
+/// and helpers a previous daemon left behind that no status file claims. Then removes the
+/// umid directories UML left for guests that are gone. Returns the pids killed.
+pub async fn kill_strays(uml_dir: &Path, keep: &[i32]) -> Result<Vec<i32>, Error> {
+    reaper::ensure_running();
+    let found = sweep::strays(uml_dir, keep);
+    if found.is_empty() {
+        sweep::remove_stale_umid_dirs(uml_dir, keep);
+        return Ok(Vec::new());
+    }
+    let pids: Vec<i32> = found.iter().map(|s| s.pid).collect();
+    let scan = || {
+        let mut now = sweep::rescan(&found);
+        for s in sweep::strays(uml_dir, keep) {
+            if now.iter().all(|n| n.pid != s.pid) {
+                now.push(s);
+            }
+        }
+        now
+    };
+    wait_gone(scan, sweep::kill_verified, Instant::now() + KILL_WAIT)
+        .await
+        .map_err(|left| Error::Survivors {
+            pgid: left.first().copied().unwrap_or(0),
+            pids: left,
+        })?;
+    sweep::remove_stale_umid_dirs(uml_dir, keep);
+    Ok(pids)
+}
+
 /// A pty the daemon creates for a console line, so the line outlives the daemon: the guest
 /// gets the slave as the line (`conN=fd:K`) and inherits a copy of the master that it never
 /// uses, which keeps the pty from hanging up while no daemon holds the master. A restarted
@@ -783,8 +820,21 @@ impl Guest {
     /// process of the group is alive and none is a zombie waiting for us. (A zombie whose
     /// parent is another process, e.g. a PID 1 that does not reap, is beyond our reach and
     /// only logged.)
+    ///
+    /// Then the guest's helpers outside the group (UML's winch helper, see `sweep.rs`) get
+    /// SIGKILL and are waited for in the same way, and a umid directory UML left behind is
+    /// removed: nothing of the guest outlives this call.
     pub async fn kill(&self, grace: Duration) -> Result<(), Error> {
         reaper::ensure_running();
+        // Taken first: once the main process is gone its children are reparented, and
+        // their parent no longer says whose they were.
+        let children = self.children();
+        let group = self.kill_group(grace).await;
+        let helpers = self.kill_helpers(&children).await;
+        group.and(helpers)
+    }
+
+    async fn kill_group(&self, grace: Duration) -> Result<(), Error> {
         if !grace.is_zero() {
             self.signal_group(Signal::SIGTERM);
             if wait_group_gone(self.pid, Instant::now() + grace)
@@ -802,6 +852,68 @@ impl Guest {
                 pgid: self.pid,
                 pids,
             })
+    }
+
+    /// SIGKILL to the helpers outside the group until none is left.
+    async fn kill_helpers(&self, children: &[procfs::Stat]) -> Result<(), Error> {
+        // Every helper seen so far: once dead its argv is gone, but a zombie of ours must
+        // still be waited for until the reaper has collected it.
+        let seen = std::sync::Mutex::new(Vec::<procfs::Stat>::new());
+        let scan = || {
+            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            for s in self.helpers(children) {
+                if seen.iter().all(|k| k.pid != s.pid) {
+                    tracing::info!(umid = %self.umid, pid = s.pid, "killing a helper the guest left behind");
+                    seen.push(s);
+                }
+            }
+            sweep::rescan(&seen)
+        };
+        let result = wait_gone(scan, sweep::kill_verified, Instant::now() + KILL_WAIT)
+            .await
+            .map_err(|pids| Error::Survivors {
+                pgid: self.pid,
+                pids,
+            });
+        if result.is_ok() {
+            self.remove_umid_dir();
+        }
+        result
+    }
+
+    /// The main process's children outside its group, while it lives.
+    fn children(&self) -> Vec<procfs::Stat> {
+        if !self.is_alive() {
+            return Vec::new();
+        }
+        let found: Vec<procfs::Stat> = procfs::all_stats()
+            .into_iter()
+            .filter(|s| s.ppid == self.pid && s.pgrp != self.pid)
+            .collect();
+        // Still alive after the scan, so `pid` was not reused meanwhile.
+        if self.is_alive() {
+            found
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The guest's live processes outside its group: `children` (see [`Self::children`])
+    /// and whatever runs with its `uml_dir` and `umid` and belongs to no other guest.
+    fn helpers(&self, children: &[procfs::Stat]) -> Vec<procfs::Stat> {
+        sweep::helpers(self.pid, &self.umid, &self.uml_dir, children)
+    }
+
+    /// UML removes `<uml_dir>/<umid>` when it exits cleanly, not when killed; a stale one
+    /// whose pid is later reused by another process would make UML refuse the umid.
+    fn remove_umid_dir(&self) {
+        let dir = self.uml_dir.join(&self.umid);
+        let recorded = fs::read_to_string(dir.join("pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        if recorded == Some(self.pid) {
+            let _ = fs::remove_dir_all(&dir);
+        }
     }
 
     /// Signals the main process (through its pidfd) and every live member of its group
@@ -832,12 +944,19 @@ impl Guest {
         }
     }
 
-    /// Pids of the guest's processes still present (zombies included).
+    /// Pids of the guest's processes still present: its group and session (zombies
+    /// included) and its live helpers outside them.
     pub fn processes(&self) -> Vec<i32> {
-        procfs::group_members(self.pid)
+        let mut pids: Vec<i32> = procfs::group_members(self.pid)
             .into_iter()
             .map(|s| s.pid)
-            .collect()
+            .collect();
+        for h in self.helpers(&self.children()) {
+            if !pids.contains(&h.pid) {
+                pids.push(h.pid);
+            }
+        }
+        pids
     }
 
     /// CPU time (user + system, including reaped children) of every process of the
@@ -864,12 +983,26 @@ impl Guest {
 /// Waits until no process of the group is alive and none is our unreaped zombie.
 /// Returns the remaining pids on timeout.
 async fn wait_group_gone(pgid: i32, deadline: Instant) -> Result<(), Vec<i32>> {
+    wait_gone(|| procfs::group_members(pgid), |_| {}, deadline).await
+}
+
+/// Waits until `scan` finds no live process and none that is our unreaped zombie, calling
+/// `each_round` with the live ones at every scan (to signal newcomers too). Returns the
+/// remaining pids on timeout.
+async fn wait_gone(
+    scan: impl Fn() -> Vec<procfs::Stat>,
+    each_round: impl Fn(&[&procfs::Stat]),
+    deadline: Instant,
+) -> Result<(), Vec<i32>> {
     let me = std::process::id() as i32;
     let mut reaped = reaper::reaped_events();
     loop {
         reaped.borrow_and_update();
-        let members = procfs::group_members(pgid);
+        let members = scan();
         let (zombies, alive): (Vec<_>, Vec<_>) = members.iter().partition(|s| s.is_zombie());
+        if !alive.is_empty() {
+            each_round(&alive);
+        }
         let our_zombies = zombies.iter().filter(|s| s.ppid == me).count();
         for z in zombies.iter().filter(|s| s.ppid != me) {
             tracing::warn!(

@@ -101,6 +101,30 @@ pub fn group_members(pgid: i32) -> Vec<Stat> {
         .collect()
 }
 
+/// The argument words of a process (`/proc/PID/cmdline` split at NULs). `None` when it
+/// cannot be read; empty for a zombie or a kernel thread.
+pub fn read_cmdline(pid: i32) -> Option<Vec<Vec<u8>>> {
+    if pid <= 0 {
+        return None;
+    }
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(split_cmdline(&raw))
+}
+
+fn split_cmdline(raw: &[u8]) -> Vec<Vec<u8>> {
+    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
+    if raw.is_empty() {
+        return Vec::new();
+    }
+    raw.split(|b| *b == 0).map(<[u8]>::to_vec).collect()
+}
+
+/// The value of the last word starting with `key` (e.g. `b"umid="`), skipping `argv[0]`;
+/// the last, because UML lets a later word override an earlier one.
+pub fn arg_value<'a>(argv: &'a [Vec<u8>], key: &[u8]) -> Option<&'a [u8]> {
+    argv.iter().skip(1).rev().find_map(|w| w.strip_prefix(key))
+}
+
 fn sysconf_or(var: nix::unistd::SysconfVar, default: u64) -> u64 {
     match nix::unistd::sysconf(var) {
         Ok(Some(v)) if v > 0 => v as u64,
@@ -148,6 +172,21 @@ mod tests {
         ] {
             assert!(parse_stat(bad).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn splits_cmdlines() {
+        let argv = split_cmdline(b"/k\0umid=a\0uml_dir=/r\0umid=b\0");
+        assert_eq!(argv.len(), 4);
+        assert_eq!(arg_value(&argv, b"umid="), Some(&b"b"[..]));
+        assert_eq!(arg_value(&argv, b"uml_dir="), Some(&b"/r"[..]));
+        assert_eq!(arg_value(&argv, b"mem="), None);
+        // argv[0] is the program, never a value.
+        assert_eq!(arg_value(&split_cmdline(b"umid=x\0"), b"umid="), None);
+        assert!(split_cmdline(b"").is_empty());
+        assert_eq!(split_cmdline(b"a\0\0b").len(), 3);
+        let me = read_cmdline(std::process::id() as i32).unwrap();
+        assert!(!me.is_empty());
     }
 
     #[test]

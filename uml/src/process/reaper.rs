@@ -230,3 +230,12 @@ pub fn lookup(pid: i32) -> Option<watch::Receiver<Option<ExitInfo>>> {
 pub fn reaped_events() -> watch::Receiver<u64> {
     reaper().reaped.subscribe()
 }
+
+/// Pids of the children spawned through [`spawn`] that have not been reaped yet.
+pub fn registered() -> Vec<i32> {
+    let Some(r) = REAPER.get() else {
+        return Vec::new();
+    };
+    let reg = lock(r);
+    reg.waiting.keys().copied().collect()
+}
