@@ -66,7 +66,7 @@ impl Driver {
     }
 
     fn save_status(&self, obj: &DomainObj) {
-        let text = {
+        let status = {
             let d = obj.data();
             let Some(l) = &d.live else { return };
             Status {
@@ -85,16 +85,24 @@ impl Driver {
                     })
                     .collect(),
                 xml: l.def.to_xml(None),
+                ready: true,
             }
-            .to_text()
         };
-        if let Err(e) = persist::write_atomic(&self.status_path(&obj.name), text.as_bytes()) {
-            tracing::error!(domain = %obj.name, "cannot save live status: {e}");
+        self.write_status(&obj.name, &status);
+    }
+
+    fn write_status(&self, name: &str, status: &Status) {
+        let path = self.status_path(name);
+        if let Err(e) = persist::write_atomic(&path, status.to_text().as_bytes()) {
+            tracing::error!(domain = %name, "cannot save live status: {e}");
         }
     }
 
     /// Launches the kernel for `def` and starts the console pumps. The caller holds the job.
-    async fn launch(&self, def: Arc<DomainDef>, id: i32) -> Result<Live> {
+    /// `state` is what the domain will be in once started: it goes into the provisional
+    /// status written as soon as the process exists (see `status.rs`), which is removed
+    /// again if the start fails.
+    async fn launch(&self, def: Arc<DomainDef>, id: i32, state: StateReason) -> Result<Live> {
         Driver::check_kernel(&def)?;
         let paths = &self.0.paths;
         let umid = umid_for(&def);
@@ -169,7 +177,34 @@ impl Driver {
             ready_timeout: READY_TIMEOUT,
             inherit_fds,
         };
-        let guest = process::launch(&spec).await.map_err(backend_error)?;
+        let provisional = |g: &process::Guest| {
+            let status = Status {
+                state,
+                id,
+                pid: g.pid,
+                start_time: g.start_time,
+                umid: g.umid.clone(),
+                lines: ptys
+                    .iter()
+                    .map(|l| SavedLine {
+                        alias: l.alias.clone(),
+                        guest_fd: l.guest_fd,
+                        path: l.path.clone(),
+                    })
+                    .collect(),
+                xml: def.to_xml(None),
+                ready: false,
+            };
+            self.write_status(&def.name, &status);
+        };
+        let guest = match process::launch_with(&spec, provisional).await {
+            Ok(g) => g,
+            Err(e) => {
+                // The guest is gone (launch killed it): nothing for a restart to find.
+                let _ = persist::remove(&self.status_path(&def.name));
+                return Err(backend_error(e));
+            }
+        };
         let pumps = start_pumps(&def, ptys, false);
         Ok(Live {
             def,
@@ -227,10 +262,13 @@ impl Driver {
         def: Arc<DomainDef>,
         start_paused: bool,
     ) -> Result<()> {
-        let live = self.launch(def, self.next_id()).await?;
+        let live = self
+            .launch(def, self.next_id(), running_state(start_paused))
+            .await?;
         if start_paused {
             if let Err(e) = live.guest.mconsole().stop().await {
                 let _ = live.guest.kill(DESTROY_GRACE).await;
+                let _ = persist::remove(&self.status_path(&obj.name));
                 return Err(backend_error(e));
             }
         }
@@ -420,9 +458,10 @@ impl Driver {
             for p in &pumps {
                 p.stop();
             }
-            match self.launch(def, id).await {
+            let booted = StateReason::new(st::RUNNING, running::BOOTED);
+            match self.launch(def, id, booted).await {
                 Ok(live) => {
-                    self.install(obj, live, StateReason::new(st::RUNNING, running::BOOTED));
+                    self.install(obj, live, booted);
                     self.emit(obj.dom_ref(), EventKind::Reboot);
                     return;
                 }
@@ -461,28 +500,12 @@ impl Driver {
                 Err(e) => tracing::error!("ignoring unreadable definition {name}.xml: {e}"),
             }
         }
-        let (mut max_id, mut keep) = (0, Vec::new());
-        for (name, _) in xml_files(&paths.domain_state_dir) {
-            let path = self.status_path(&name);
-            match self.reattach(&name, Status::load(&path)).await {
-                Ok((id, pid)) => {
-                    max_id = max_id.max(id);
-                    keep.push(pid);
-                }
-                Err(why) => {
-                    tracing::warn!(domain = %name, "guest did not survive the restart: {why}");
-                    let _ = persist::remove(&path);
-                    if let Ok(obj) = self.by_name(&name) {
-                        obj.data().state = StateReason::new(st::SHUTOFF, shutoff::UNKNOWN);
-                    }
-                }
-            }
-        }
+        let (max_id, keep) = self.reattach_all().await;
         self.0.next_id.store(max_id + 1, Ordering::Relaxed);
         // Whatever runs with our uml_dir and is not a guest just reattached was left by a
-        // previous daemon (a guest it did not finish killing, a helper that outlived its
-        // guest): the domains say shut off, so it must not run, and it may hold a disk
-        // image the next start needs.
+        // previous daemon (a start it did not record, a guest it did not finish killing, a
+        // helper that outlived its guest): the domains say shut off, so it must not run,
+        // and it may hold a disk image the next start needs.
         match process::kill_strays(&paths.uml_dir, &keep).await {
             Ok(pids) if !pids.is_empty() => {
                 tracing::warn!(?pids, "killed guest processes no live status claims")
@@ -494,7 +517,42 @@ impl Driver {
         tokio::spawn(async move { driver.autostart_all().await });
     }
 
-    /// Finds the guest of one status file again; returns its id and main pid.
+    /// Reattaches every guest a status file names, all at once (a guest whose start was
+    /// cut short may need a moment to boot). Returns the highest id and the main pids of
+    /// the guests reattached; a status whose guest is gone is removed.
+    async fn reattach_all(&self) -> (i32, Vec<i32>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (name, _) in xml_files(&self.0.paths.domain_state_dir) {
+            let driver = self.clone();
+            tasks.spawn(async move {
+                let path = driver.status_path(&name);
+                let result = driver.reattach(&name, Status::load(&path)).await;
+                (name, path, result)
+            });
+        }
+        let (mut max_id, mut keep) = (0, Vec::new());
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((_, _, Ok((id, pid)))) => {
+                    max_id = max_id.max(id);
+                    keep.push(pid);
+                }
+                Ok((name, path, Err(why))) => {
+                    tracing::warn!(domain = %name, "guest did not survive the restart: {why}");
+                    let _ = persist::remove(&path);
+                    if let Ok(obj) = self.by_name(&name) {
+                        obj.data().state = StateReason::new(st::SHUTOFF, shutoff::UNKNOWN);
+                    }
+                }
+                Err(e) => tracing::error!("reattaching a guest failed: {e}"),
+            }
+        }
+        (max_id, keep)
+    }
+
+    /// Finds the guest of one status file again; returns its id and main pid. A guest
+    /// whose start had not completed gets the rest of the start's time to become ready
+    /// and, if it was to start paused, is paused now.
     async fn reattach(
         &self,
         name: &str,
@@ -502,16 +560,21 @@ impl Driver {
     ) -> std::result::Result<(i32, i32), String> {
         let status = status.ok_or("unreadable status file")?;
         let def = Arc::new(domxml::parse(&status.xml).map_err(|e| e.to_string())?);
-        let pid = status.pid;
-        let guest = process::reattach(
-            status.pid,
-            status.start_time,
-            &status.umid,
-            &self.0.paths.uml_dir,
-            &[],
-        )
-        .await
+        let uml_dir = &self.0.paths.uml_dir;
+        let (pid, start_time, umid) = (status.pid, status.start_time, &status.umid);
+        let guest = if status.ready {
+            process::reattach(pid, start_time, umid, uml_dir, &[]).await
+        } else {
+            process::reattach_starting(pid, start_time, umid, uml_dir, &[], READY_TIMEOUT).await
+        }
         .map_err(|e| e.to_string())?;
+        if !status.ready && status.state.state == st::PAUSED {
+            guest
+                .mconsole()
+                .stop()
+                .await
+                .map_err(|e| format!("cannot pause the guest: {e}"))?;
+        }
         // Take each line's master back from the guest, which kept a copy for us.
         let mut ptys = Vec::new();
         for l in &status.lines {
@@ -544,7 +607,7 @@ impl Driver {
             intent: None,
             generation: self.0.next_generation.fetch_add(1, Ordering::Relaxed),
         };
-        tracing::info!(domain = %name, id = status.id, "reattached to running guest");
+        tracing::info!(domain = %name, id = status.id, ready = status.ready, "reattached to running guest");
         self.install(&obj, live, status.state);
         Ok((status.id, pid))
     }

@@ -2,10 +2,15 @@
 //! daemon needs to find the guest again. One line of attributes, then the live definition:
 //!
 //! ```text
-//! <domstatus state='1' reason='1' id='3' pid='1234' start_time='5678' umid='demo' lines='console0:4:/dev/pts/3'>
+//! <domstatus state='1' reason='1' id='3' pid='1234' start_time='5678' umid='demo' lines='console0:4:/dev/pts/3' ready='1'>
 //! <domain type='uml'>…</domain>
 //! </domstatus>
 //! ```
+//!
+//! It is first written, with `ready='0'`, right after the guest's process is spawned and
+//! before it has booted, so that a daemon killed during a start leaves the guest known to
+//! its successor; it is rewritten with `ready='1'` once the start has completed. A file
+//! without `ready` (older daemons wrote it only when ready) counts as ready.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +27,8 @@ pub struct Status {
     pub lines: Vec<SavedLine>,
     /// The live domain XML.
     pub xml: String,
+    /// False while the start that wrote it has not completed (the guest may still boot).
+    pub ready: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +44,7 @@ const CLOSE: &str = "</domstatus>";
 impl Status {
     pub fn to_text(&self) -> String {
         format!(
-            "{OPEN}state='{}' reason='{}' id='{}' pid='{}' start_time='{}' umid='{}' lines='{}'>\n{}{}{CLOSE}\n",
+            "{OPEN}state='{}' reason='{}' id='{}' pid='{}' start_time='{}' umid='{}' lines='{}' ready='{}'>\n{}{}{CLOSE}\n",
             self.state.state,
             self.state.reason,
             self.id,
@@ -49,6 +56,7 @@ impl Status {
                 .map(|l| format!("{}:{}:{}", l.alias, l.guest_fd, l.path.display()))
                 .collect::<Vec<_>>()
                 .join(";"),
+            u8::from(self.ready),
             self.xml,
             if self.xml.ends_with('\n') { "" } else { "\n" },
         )
@@ -89,6 +97,11 @@ impl Status {
             start_time: get("start_time")?.parse().ok()?,
             umid: umid.to_string(),
             xml,
+            ready: match get("ready") {
+                None | Some("1") => true,
+                Some("0") => false,
+                Some(_) => return None,
+            },
         })
     }
 
@@ -115,9 +128,19 @@ mod tests {
                 path: "/dev/pts/3".into(),
             }],
             xml: "<domain type='uml'>\n  <name>demo</name>\n</domain>\n".into(),
+            ready: true,
         };
         let text = s.to_text();
-        assert_eq!(Status::parse(&text), Some(s));
+        assert_eq!(Status::parse(&text), Some(s.clone()));
+        let starting = Status {
+            ready: false,
+            ..s.clone()
+        };
+        assert_eq!(Status::parse(&starting.to_text()), Some(starting));
+        // Written before `ready` existed: a finished start.
+        let old = text.replace(" ready='1'", "");
+        assert_eq!(Status::parse(&old), Some(s));
+        assert_eq!(Status::parse(&text.replace("ready='1'", "ready='x'")), None);
         assert_eq!(Status::parse(""), None);
         assert_eq!(Status::parse(&text[..text.len() / 2]), None);
         assert_eq!(Status::parse("<domstatus state='x'>\n</domstatus>"), None);

@@ -62,6 +62,10 @@ const PTY_RETRY: Duration = Duration::from_millis(20);
 const KILL_WAIT: Duration = Duration::from_secs(5);
 /// Grace given to a guest that failed to start.
 const FAILED_START_GRACE: Duration = Duration::from_secs(1);
+/// How often [`reattach_starting`] asks a booting guest's mconsole, and how long each try
+/// may take.
+const READY_POLL: Duration = Duration::from_millis(50);
+const READY_POLL_TIMEOUT: Duration = Duration::from_millis(500);
 /// How much of the log an error quotes.
 const LOG_TAIL_LINES: usize = 25;
 const LOG_TAIL_BYTES: u64 = 8 * 1024;
@@ -433,6 +437,13 @@ impl LaunchSpec {
 /// On any failure the guest's whole process group is killed and reaped, and the error
 /// quotes the end of the log.
 pub async fn launch(spec: &LaunchSpec) -> Result<Guest, Error> {
+    launch_with(spec, |_| {}).await
+}
+
+/// [`launch`], calling `on_spawn` with the guest as soon as its process exists (before it
+/// is ready), so the caller can record it: a daemon that dies while the guest boots must
+/// leave enough behind for the next one to find it.
+pub async fn launch_with(spec: &LaunchSpec, on_spawn: impl FnOnce(&Guest)) -> Result<Guest, Error> {
     spec.validate()?;
     if let Some(pid) = umid_in_use(&spec.uml_dir, &spec.umid) {
         return Err(Error::UmidInUse {
@@ -505,6 +516,7 @@ pub async fn launch(spec: &LaunchSpec) -> Result<Guest, Error> {
     tracing::debug!(pid = guest.pid, umid = %guest.umid, "guest spawned");
     // If this future is dropped half-way, nobody would know the guest: kill it.
     let mut cancel_guard = KillOnDrop(Some(guest.clone()));
+    on_spawn(&guest);
 
     let deadline = Instant::now() + spec.ready_timeout;
     match wait_ready(&guest, &notify, spec, deadline).await {
@@ -691,6 +703,51 @@ pub async fn reattach(
         guest.ptys.push((dev.clone(), path));
     }
     Ok(guest)
+}
+
+/// [`reattach`] for a guest that may still be booting (its daemon died while starting it):
+/// first waits until its mconsole answers, at most until `ready_timeout` after the process
+/// started. Fails at once if `pid` is not that process or the process ends.
+pub async fn reattach_starting(
+    pid: i32,
+    start_time: u64,
+    umid: &str,
+    uml_dir: &Path,
+    pty_devices: &[String],
+    ready_timeout: Duration,
+) -> Result<Guest, Error> {
+    validate_umid(umid)?;
+    let pidfd = reaper::pidfd_open(pid).map_err(|_| Error::NotRunning { pid })?;
+    match procfs::read_stat(pid) {
+        Some(st) if st.starttime == start_time && !st.is_zombie() => {}
+        Some(st) if st.starttime != start_time => {
+            return Err(Error::Mismatch {
+                pid,
+                reason: format!(
+                    "start time {} instead of {start_time} (pid reused)",
+                    st.starttime
+                ),
+            })
+        }
+        _ => return Err(Error::NotRunning { pid }),
+    }
+    let age = procfs::age(start_time).unwrap_or_default();
+    let deadline = Instant::now() + ready_timeout.saturating_sub(age);
+    let mc = Mconsole::for_umid(uml_dir, umid).with_timeout(READY_POLL_TIMEOUT);
+    while mc.version().await.is_err() {
+        if pidfd_exited(&pidfd) {
+            return Err(Error::NotRunning { pid });
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Startup {
+                umid: umid.to_owned(),
+                failure: StartupFailure::Timeout(ready_timeout),
+                log_tail: String::new(),
+            });
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
+    reattach(pid, start_time, umid, uml_dir, pty_devices).await
 }
 
 /// Kills every process running with `uml_dir` in its argv that belongs to none of the

@@ -125,6 +125,14 @@ pub fn arg_value<'a>(argv: &'a [Vec<u8>], key: &[u8]) -> Option<&'a [u8]> {
     argv.iter().skip(1).rev().find_map(|w| w.strip_prefix(key))
 }
 
+/// How long ago a process with this start time (`/proc/PID/stat` field 22) started.
+pub fn age(starttime: u64) -> Option<std::time::Duration> {
+    let up = fs::read_to_string("/proc/uptime").ok()?;
+    let now: f64 = up.split_whitespace().next()?.parse().ok()?;
+    let started = starttime as f64 / clock_ticks_per_sec() as f64;
+    std::time::Duration::try_from_secs_f64((now - started).max(0.0)).ok()
+}
+
 fn sysconf_or(var: nix::unistd::SysconfVar, default: u64) -> u64 {
     match nix::unistd::sysconf(var) {
         Ok(Some(v)) if v > 0 => v as u64,
@@ -196,6 +204,7 @@ mod tests {
         assert_eq!(s.pid, me);
         assert!(s.starttime > 0);
         assert!(read_stat(0).is_none());
+        assert!(age(s.starttime).is_some_and(|a| a.as_secs() < 24 * 3600 * 365));
         assert!(read_stat(-1).is_none());
     }
 }
