@@ -1500,14 +1500,53 @@ fn xml_bombs_are_refused_before_they_cost_anything() {
             );
         }
     });
+    case(
+        &d,
+        "XML: a definition of almost 1 MiB, fetched by 3 clients at once",
+        || {
+            let image = d.root.path().join("huge.img");
+            std::fs::write(&image, b"").unwrap();
+            let huge = guest_xml("huge", &image).replace(
+                "<memory",
+                &format!(
+                    "<description>{}</description>
+  <memory",
+                    "h".repeat((1 << 20) - 4096)
+                ),
+            );
+            let dom = define(&mut raw, 70, &huge).expect("define huge");
+            let args = encode(&DomainGetXmlDescArgs { dom, flags: 0 });
+            // More fetching connections than the daemon has workers: formatting must not
+            // occupy them all.
+            let mut fetchers: Vec<Raw> = (0..3).map(|_| opened(d.port)).collect();
+            for f in &mut fetchers {
+                for serial in 100..110 {
+                    f.send(&call_msg(p::DOMAIN_GET_XML_DESC, serial, &args));
+                }
+            }
+            for f in &mut fetchers {
+                for serial in 100..110 {
+                    let reply = reply_for(f, serial).expect("answered").expect("the XML");
+                    let xml =
+                        xdr::from_bytes::<virtumld_protocol::remote::DomainGetXmlDescRet>(&reply)
+                            .expect("a well-formed reply")
+                            .xml;
+                    assert!(xml.len() > (1 << 20) - 4096, "{}", xml.len());
+                }
+            }
+        },
+    );
     let grown = rss_kib(d.pid()).saturating_sub(base_rss);
     eprintln!("XML bombs: daemon RSS grew by {grown} KiB");
     assert!(grown < 64 * 1024, "the daemon grew by {grown} KiB");
-    // None of it was defined.
+    // None of the bombs was defined.
     let defs: Vec<_> = std::fs::read_dir(d.root.path().join("etc/libvirt/uml"))
         .map(|r| r.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
-    assert!(defs.iter().all(|n| n == "autostart"), "{defs:?}");
+    assert!(
+        defs.iter().all(|n| n == "autostart" || n == "huge.xml"),
+        "{defs:?}"
+    );
     alive(&mut raw, 99);
 }
 

@@ -415,19 +415,30 @@ impl Driver {
     }
 
     /// The domain XML: the live form (id, ptys, aliases) unless `inactive` is asked.
-    pub fn xml(&self, obj: &DomainObj, inactive: bool) -> String {
-        let d = obj.data();
-        match (&d.live, inactive, &d.config) {
-            (Some(l), false, _) | (Some(l), true, None) => {
-                let live = LiveXml {
-                    id: l.id,
-                    pty_paths: pty_paths(l),
-                };
-                l.def.to_xml((!inactive).then_some(&live))
+    /// Formatted outside the domain's lock, and on the blocking pool when the definition
+    /// is large (a description or metadata can make it megabytes), so that formatting it
+    /// delays no other client served by the same worker.
+    pub async fn xml(&self, obj: &DomainObj, inactive: bool) -> String {
+        let (def, live) = {
+            let d = obj.data();
+            match (&d.live, inactive, &d.config) {
+                (Some(l), false, _) | (Some(l), true, None) => {
+                    let live = (!inactive).then(|| LiveXml {
+                        id: l.id,
+                        pty_paths: pty_paths(l),
+                    });
+                    (l.def.clone(), live)
+                }
+                (_, _, Some(c)) => (c.clone(), None),
+                (None, _, None) => return String::new(),
             }
-            (_, _, Some(c)) => c.to_xml(None),
-            (None, _, None) => String::new(),
+        };
+        if approx_xml_len(&def) < INLINE_XML_MAX {
+            return def.to_xml(live.as_ref());
         }
+        tokio::task::spawn_blocking(move || def.to_xml(live.as_ref()))
+            .await
+            .unwrap_or_default()
     }
 
     pub fn is_active(&self, obj: &DomainObj) -> bool {
@@ -772,6 +783,19 @@ impl Drop for ConsoleClaim {
             holders.remove(&self.key);
         }
     }
+}
+
+/// Definitions whose XML is estimated below this are formatted in place.
+const INLINE_XML_MAX: usize = 64 * 1024;
+
+/// A cheap over-estimate of a definition's XML size: its free-text parts plus a generous
+/// allowance per device.
+fn approx_xml_len(def: &DomainDef) -> usize {
+    let text = [&def.title, &def.description, &def.metadata, &def.os.cmdline]
+        .iter()
+        .map(|s| s.as_ref().map_or(0, |s| s.len()))
+        .sum::<usize>();
+    text + 1024 + 512 * (def.disks.len() + def.consoles.len() + def.serials.len())
 }
 
 fn pty_paths(l: &Live) -> Vec<(String, PathBuf)> {

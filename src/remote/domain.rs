@@ -161,7 +161,7 @@ pub async fn get_xml_desc(ctx: &Ctx<'_>, a: DomainGetXmlDescArgs) -> Reply<Domai
     flags(ctx, a.flags, 1 | 2 | 4 | 8)?;
     let o = obj(ctx, &a.dom)?;
     Ok(DomainGetXmlDescRet {
-        xml: drv(ctx).xml(&o, a.flags & 2 != 0),
+        xml: drv(ctx).xml(&o, a.flags & 2 != 0).await,
     })
 }
 

@@ -150,38 +150,75 @@ fn path_str(p: &Path) -> String {
 /// Character data: markup characters, plus `\r` (a parser would fold it into `\n`) and any
 /// other control character as a reference.
 pub(crate) fn esc_text(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\n' | '\t' => out.push(c),
-            c if c.is_control() => {
-                let _ = write!(out, "&#{};", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out
+    escape(s, false)
 }
 
 /// Attribute values (single-quoted): also quotes, and whitespace controls as references so that
 /// attribute normalisation on the way back in does not turn them into spaces.
 pub fn esc_attr(s: &str) -> String {
+    escape(s, true)
+}
+
+/// Copies `s` in runs between the characters that need a reference: descriptions and
+/// metadata can be a megabyte, and a push per character made formatting one take tens of
+/// milliseconds.
+fn escape(s: &str, attr: bool) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            c if c.is_control() => {
-                let _ = write!(out, "&#{};", c as u32);
-            }
-            c => out.push(c),
+    let mut run = 0;
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        // Every character that may need a reference starts with one of these bytes: ASCII
+        // markup and controls, or 0xC2 (U+0080..U+00BF, which holds the C1 controls).
+        let candidate = matches!(
+            b,
+            b'&' | b'<' | b'>' | b'\'' | b'"' | 0..=0x1f | 0x7f | 0xc2
+        );
+        if !candidate {
+            i += 1;
+            continue;
         }
+        let c = s[i..].chars().next().unwrap_or('\0');
+        let len = c.len_utf8();
+        let reference: Option<std::borrow::Cow<'static, str>> = match c {
+            '&' => Some("&amp;".into()),
+            '<' => Some("&lt;".into()),
+            '>' => Some("&gt;".into()),
+            '\'' if attr => Some("&apos;".into()),
+            '"' if attr => Some("&quot;".into()),
+            '\n' | '\t' if !attr => None,
+            c if c.is_control() => Some(format!("&#{};", c as u32).into()),
+            _ => None,
+        };
+        if let Some(r) = reference {
+            out.push_str(&s[run..i]);
+            out.push_str(&r);
+            run = i + len;
+        }
+        i += len;
     }
+    out.push_str(&s[run..]);
     out
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::{esc_attr, esc_text};
+
+    #[test]
+    fn references_only_what_needs_one() {
+        let s = "a&b<c>d'e\"f\ng\th\ri\u{1}j\u{7f}k\u{85}l\u{a0}mé€😀";
+        assert_eq!(
+            esc_text(s),
+            "a&amp;b&lt;c&gt;d'e\"f\ng\th&#13;i&#1;j&#127;k&#133;l\u{a0}mé€😀"
+        );
+        assert_eq!(
+            esc_attr(s),
+            "a&amp;b&lt;c&gt;d&apos;e&quot;f&#10;g&#9;h&#13;i&#1;j&#127;k&#133;l\u{a0}mé€😀"
+        );
+        assert_eq!(esc_text(""), "");
+        assert_eq!(esc_text("&"), "&amp;");
+        assert_eq!(esc_text("plain"), "plain");
+    }
 }
