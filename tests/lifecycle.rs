@@ -463,9 +463,14 @@ fn boot_with_helper(d: &Daemon, name: &str, log: &std::path::Path, n: usize) -> 
         support::tail(&std::fs::read_to_string(log).unwrap_or_default(), 15),
         ps(&guest_pids(root))
     );
+    // The winch helper leads a session too, but its parent is the main process.
+    let pids = umid_pids(root, name);
     let main = guest_leaders(root)
         .into_iter()
-        .find(|&p| umid_pids(root, name).contains(&p) && ids(p).is_some_and(|i| i.2 == p))
+        .find(|&p| {
+            pids.contains(&p)
+                && ids(p).is_some_and(|(ppid, _, sid)| sid == p && !pids.contains(&ppid))
+        })
         .expect("the guest's main process");
     let mut winch = None;
     let found = wait_until(Duration::from_secs(10), || {
