@@ -52,6 +52,8 @@ pub fn runs_inline(number: i32) -> bool {
     matches!(
         number,
         p::AUTH_LIST
+            | p::CONNECT_OPEN
+            | p::CONNECT_CLOSE
             | p::CONNECT_SUPPORTS_FEATURE
             | p::CONNECT_GET_TYPE
             | p::CONNECT_GET_VERSION
