@@ -446,7 +446,7 @@ pub struct SecurityLayer {
 impl SecurityLayer {
     pub fn encode(&self, input: &[u8], out: &mut BytesMut) -> Result<(), String> {
         let conn = self.session.lock();
-        for chunk in input.chunks(self.max_out) {
+        encode_pieces(input, self.max_out, out, |chunk, out| {
             let mut p: *const c_char = ptr::null();
             let mut n: c_uint = 0;
             // SAFETY: live connection (lock held); `chunk` is valid for its length, which
@@ -470,8 +470,8 @@ impl SecurityLayer {
                     std::slice::from_raw_parts(p as *const u8, n as usize)
                 });
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     pub fn decode(&self, input: &[u8], out: &mut BytesMut) -> Result<(), String> {
@@ -479,8 +479,7 @@ impl SecurityLayer {
             return Ok(());
         }
         let conn = self.session.lock();
-        // cyrus takes an unsigned length; feed huge reads in pieces.
-        for chunk in input.chunks(1 << 20) {
+        decode_pieces(input, DECODE_PIECE, out, |chunk, out| {
             let mut p: *const c_char = ptr::null();
             let mut n: c_uint = 0;
             // SAFETY: live connection (lock held); `chunk` is valid for its length; the
@@ -503,9 +502,47 @@ impl SecurityLayer {
                     std::slice::from_raw_parts(p as *const u8, n as usize)
                 });
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
+}
+
+/// Largest piece of incoming bytes given to one `sasl_decode` (cyrus takes an unsigned
+/// length): huge reads go in pieces.
+pub const DECODE_PIECE: usize = 1 << 20;
+
+/// The security layer's handling of outgoing bytes, apart from cyrus: `codec` (`sasl_encode`)
+/// gets them in pieces of at most `max_out` bytes, the negotiated `SASL_MAXOUTBUF`, and
+/// appends what it makes of each to `out`. A zero `max_out` is refused (nothing could be
+/// sent). Pure, so `fuzz/fuzz_targets/sasl_stream.rs` drives it with an identity codec.
+pub fn encode_pieces(
+    input: &[u8],
+    max_out: usize,
+    out: &mut BytesMut,
+    mut codec: impl FnMut(&[u8], &mut BytesMut) -> Result<(), String>,
+) -> Result<(), String> {
+    if max_out == 0 {
+        return Err("SASL security layer has a zero output buffer".into());
+    }
+    input
+        .chunks(max_out)
+        .try_for_each(|piece| codec(piece, out))
+}
+
+/// The security layer's handling of incoming bytes, apart from cyrus: whatever was read, with
+/// any packet boundaries, goes to `codec` (`sasl_decode`, which keeps an incomplete
+/// length-prefixed packet until the rest arrives) in pieces of at most `piece` bytes; the
+/// plaintext it completes is appended to `out`. Pure, for the same fuzz target.
+pub fn decode_pieces(
+    input: &[u8],
+    piece: usize,
+    out: &mut BytesMut,
+    mut codec: impl FnMut(&[u8], &mut BytesMut) -> Result<(), String>,
+) -> Result<(), String> {
+    if piece == 0 {
+        return Err("SASL decode piece of zero bytes".into());
+    }
+    input.chunks(piece).try_for_each(|p| codec(p, out))
 }
 
 /// A connection's authentication state for SASL listeners.
@@ -621,5 +658,26 @@ mod tests {
         );
         assert_eq!(sasl_addr("tls:[::1]:16514").as_deref(), Some("::1;16514"));
         assert_eq!(sasl_addr("unix:/run/x uid=0"), None);
+    }
+
+    #[test]
+    fn layer_pieces() {
+        let mut sizes = Vec::new();
+        let mut out = BytesMut::new();
+        let mut codec = |p: &[u8], o: &mut BytesMut| {
+            sizes.push(p.len());
+            o.extend_from_slice(p);
+            Ok(())
+        };
+        encode_pieces(&[7; 10], 4, &mut out, &mut codec).unwrap();
+        decode_pieces(&[8; 5], 5, &mut out, &mut codec).unwrap();
+        decode_pieces(&[], 5, &mut out, &mut codec).unwrap();
+        // `chunks(0)` would panic: a zero limit is refused before the codec is called.
+        assert!(encode_pieces(b"x", 0, &mut out, &mut codec).is_err());
+        assert!(decode_pieces(b"x", 0, &mut out, &mut codec).is_err());
+        assert_eq!(sizes, [4, 4, 2, 5]);
+        assert_eq!(out.len(), 15);
+        let failing = |_: &[u8], _: &mut BytesMut| Err("no".to_string());
+        assert_eq!(encode_pieces(b"xy", 1, &mut out, failing), Err("no".into()));
     }
 }
