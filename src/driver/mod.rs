@@ -436,6 +436,9 @@ impl Driver {
         if approx_xml_len(&def) < INLINE_XML_MAX {
             return def.to_xml(live.as_ref());
         }
+        // One at a time: clients fetching large definitions then share one core, never
+        // take all of them from everyone else.
+        let _turn = LARGE_XML_FORMATS.acquire().await;
         tokio::task::spawn_blocking(move || def.to_xml(live.as_ref()))
             .await
             .unwrap_or_default()
@@ -787,6 +790,9 @@ impl Drop for ConsoleClaim {
 
 /// Definitions whose XML is estimated below this are formatted in place.
 const INLINE_XML_MAX: usize = 64 * 1024;
+
+/// Formatting of larger definitions, on the blocking pool, one at a time.
+static LARGE_XML_FORMATS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// A cheap over-estimate of a definition's XML size: its free-text parts plus a generous
 /// allowance per device.
