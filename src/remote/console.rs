@@ -5,24 +5,41 @@
 //! output. Keystrokes go to the guest. The session ends when the client finishes or
 //! aborts, when another client takes the line with `--force`, or when the guest's pty goes
 //! away (shutdown, reboot): then the client gets end-of-stream.
+//!
+//! A session is one task that never waits on the guest, and waits on the client only for
+//! room in the connection's queue, with one packet at a time, while it goes on taking the
+//! client's packets:
+//! - output: whenever the guest wrote something the client has not been sent, all of it (up
+//!   to [`PACKET_MAX`]) leaves as one STREAM packet. While that packet waits for room the
+//!   guest's output collects in the pump's backlog; a client slower than the guest loses the
+//!   oldest output rather than making the daemon buffer it, and the guest never waits.
+//! - input: keystrokes go to `ConsolePump::send_input`, which never waits (a guest that does
+//!   not read, e.g. a paused one, gets a bounded queue and the excess is dropped), so the
+//!   client's packets are always taken at once and its connection (other calls, keepalive)
+//!   is never held back by a guest that does not read.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::broadcast::error::RecvError;
+use bytes::BytesMut;
 use virtumld_protocol::error::code;
+use virtumld_protocol::header::Status;
 use virtumld_protocol::remote::DomainOpenConsoleArgs;
-use virtumld_uml::console::ConsolePump;
+use virtumld_uml::console::{ConsolePump, Output};
 
 use super::{err, wire_error, Ctx, Reply};
 use crate::driver::ConsoleClaim;
-use crate::rpc::stream::{self, Inbound, ServerStream};
+use crate::rpc::stream::{self, Inbound, ServerStream, StreamSender};
 
 /// `VIR_DOMAIN_CONSOLE_FORCE` and `VIR_DOMAIN_CONSOLE_SAFE`.
 const FORCE: u32 = 1;
 const SAFE: u32 = 2;
 /// After end-of-stream, how long to wait for the client's finish before letting go.
 const FINISH_WAIT: Duration = Duration::from_secs(10);
+/// Largest STREAM packet of console output.
+const PACKET_MAX: usize = stream::MAX_CHUNK;
 
 pub async fn open_console(ctx: &Ctx<'_>, serial: u32, a: DomainOpenConsoleArgs) -> Reply<()> {
     if a.flags & SAFE != 0 {
@@ -43,47 +60,105 @@ pub async fn open_console(ctx: &Ctx<'_>, serial: u32, a: DomainOpenConsoleArgs) 
     Ok(())
 }
 
+/// An output packet waiting for room in the connection's queue.
+type InFlight = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// Why the attached phase of a session ended.
+enum Ending {
+    /// The client finished or aborted: confirm.
+    ClientDone,
+    /// The client is gone.
+    Gone,
+    /// The line closed (everything it wrote was sent) or another client took it over.
+    LineDone,
+}
+
 async fn session(mut stream: ServerStream, pump: Arc<ConsolePump>, mut claim: ConsoleClaim) {
     if !stream.started().await {
         return;
     }
-    let (recent, mut output) = pump.subscribe();
-    if !stream.send_data(&recent).await {
-        return;
-    }
-    loop {
+    let mut output = pump.output();
+    let sender = stream.sender();
+    let mut in_flight: Option<InFlight> = None;
+    let ending = loop {
         tokio::select! {
-            data = output.recv() => match data {
-                Ok(bytes) => {
-                    if !stream.send_data(&bytes).await {
-                        return; // client gone
-                    }
+            more = output.ready(), if in_flight.is_none() => {
+                if !more {
+                    break Ending::LineDone;
                 }
-                // A client that reads slower than the guest writes loses output, rather
-                // than making the daemon buffer it.
-                Err(RecvError::Lagged(n)) => tracing::debug!("console reader lagged by {n} chunks"),
-                Err(RecvError::Closed) => break,
-            },
+                in_flight = output_packet(&sender, &mut output);
+            }
+            sent = sent(&mut in_flight) => {
+                in_flight = None;
+                if !sent {
+                    break Ending::Gone;
+                }
+            }
             packet = stream.recv() => match packet {
                 Some(Inbound::Data(bytes)) => {
-                    if let Err(e) = pump.write(&bytes).await {
-                        tracing::debug!("console write failed: {e}");
-                        break;
+                    // Dropped input is logged by the pump; a closed line ends the session
+                    // through `output` once its last output is sent.
+                    if let Err(e) = pump.send_input(&bytes) {
+                        tracing::debug!("console input not delivered: {e}");
                     }
                 }
                 Some(Inbound::Eof) => {}
-                Some(Inbound::Finish) | Some(Inbound::Abort) => {
-                    stream.confirm().await;
-                    return;
-                }
-                None => return,
+                Some(Inbound::Finish) | Some(Inbound::Abort) => break Ending::ClientDone,
+                None => break Ending::Gone,
             },
-            _ = claim.revoked.changed() => break,
+            _ = claim.revoked.changed() => break Ending::LineDone,
+        }
+    };
+    drop(claim);
+    match ending {
+        Ending::Gone => {}
+        // Output still in flight is of no interest to a client that finished.
+        Ending::ClientDone => {
+            stream.confirm().await;
+        }
+        Ending::LineDone => end_of_stream(&mut stream, in_flight).await,
+    }
+}
+
+/// Everything `output` has that the client was not sent yet, up to [`PACKET_MAX`] bytes, as
+/// one STREAM packet on its way.
+fn output_packet(sender: &StreamSender, output: &mut Output) -> Option<InFlight> {
+    let mut taken = None;
+    let packet: BytesMut = sender.packet(Status::CONTINUE, |o| {
+        taken = Some(output.take(PACKET_MAX, o));
+    });
+    let taken = taken?;
+    if taken.lost > 0 {
+        tracing::debug!(
+            "console client slower than the guest: {} bytes of output skipped",
+            taken.lost
+        );
+    }
+    if taken.bytes == 0 {
+        // An empty CONTINUE would tell the client the stream ended.
+        return None;
+    }
+    let sender = sender.clone();
+    Some(Box::pin(async move { sender.send(packet).await }))
+}
+
+/// Completes when the packet in flight is queued (true) or the client is gone (false);
+/// never without one.
+async fn sent(in_flight: &mut Option<InFlight>) -> bool {
+    match in_flight {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The line closed or was taken over: the last output, end of stream, then wait for the
+/// client's finish so it can be confirmed.
+async fn end_of_stream(stream: &mut ServerStream, in_flight: Option<InFlight>) {
+    if let Some(f) = in_flight {
+        if !f.await {
+            return;
         }
     }
-    // The guest's line closed or the session was taken over: end of stream, then wait for
-    // the client to finish so it can be confirmed.
-    drop(claim);
     if stream.send_eof().await {
         let finish = async {
             while let Some(p) = stream.recv().await {

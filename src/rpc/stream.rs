@@ -4,8 +4,12 @@
 //! empty OK. One generic implementation for every stream procedure.
 //!
 //! Flow control: outgoing data waits for room in the connection's bounded queue, so a
-//! client that stops reading slows its own stream only; incoming data waits for the
-//! stream's consumer, which holds back reading this connection only.
+//! client that stops reading slows its own stream only. Incoming data waits for the
+//! stream's consumer, which holds back reading this whole connection: the protocol has no
+//! per-stream window. A consumer must therefore keep taking packets while its own output
+//! waits (a [`StreamSender`] send in flight alongside [`ServerStream::recv`]) and must not
+//! wait on anything slower than the daemon itself to dispose of them (the console queues
+//! or drops keystrokes for a guest that does not read them).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -76,10 +80,37 @@ impl Streams {
 
 /// The server's end of one stream.
 pub struct ServerStream {
-    client: Weak<Client>,
-    header: Header,
+    sender: StreamSender,
     inbound: mpsc::Receiver<Inbound>,
     started: Option<oneshot::Receiver<()>>,
+}
+
+/// The sending half of a stream. Cheap to clone and independent of the inbound half, so a
+/// consumer can have a send waiting for room in the connection's queue while it goes on
+/// reading the client's packets.
+#[derive(Clone)]
+pub struct StreamSender {
+    client: Weak<Client>,
+    header: Header,
+}
+
+impl StreamSender {
+    /// Encodes one packet of this stream with the given status; `body` writes the payload.
+    pub fn packet(&self, status: Status, body: impl FnOnce(&mut BytesMut)) -> BytesMut {
+        let h = Header {
+            status,
+            ..self.header
+        };
+        frame::encode_with(&h, body)
+    }
+
+    /// Queues an encoded packet, waiting for room; false once the client is gone.
+    pub async fn send(&self, packet: BytesMut) -> bool {
+        let Some(c) = self.client.upgrade() else {
+            return false;
+        };
+        c.send(packet).await
+    }
 }
 
 /// Opens a stream on `serial` for the call being handled. Fails if one is already open.
@@ -100,14 +131,16 @@ pub fn open(client: &Arc<Client>, procedure: i32, serial: u32) -> Option<ServerS
         );
     }
     Some(ServerStream {
-        client: Arc::downgrade(client),
-        header: Header {
-            program: REMOTE_PROGRAM,
-            version: REMOTE_PROTOCOL_VERSION,
-            procedure,
-            kind: MessageType::STREAM,
-            serial,
-            status: Status::CONTINUE,
+        sender: StreamSender {
+            client: Arc::downgrade(client),
+            header: Header {
+                program: REMOTE_PROGRAM,
+                version: REMOTE_PROTOCOL_VERSION,
+                procedure,
+                kind: MessageType::STREAM,
+                serial,
+                status: Status::CONTINUE,
+            },
         },
         inbound,
         started: Some(started),
@@ -123,15 +156,13 @@ impl ServerStream {
         }
     }
 
+    /// A handle that sends on this stream.
+    pub fn sender(&self) -> StreamSender {
+        self.sender.clone()
+    }
+
     async fn send(&self, status: Status, body: impl FnOnce(&mut BytesMut)) -> bool {
-        let Some(c) = self.client.upgrade() else {
-            return false;
-        };
-        let h = Header {
-            status,
-            ..self.header
-        };
-        c.send(frame::encode_with(&h, body)).await
+        self.sender.send(self.sender.packet(status, body)).await
     }
 
     /// Sends data (raw bytes, split into packets); false once the client is gone.
@@ -165,8 +196,8 @@ impl ServerStream {
 
 impl Drop for ServerStream {
     fn drop(&mut self) {
-        if let Some(c) = self.client.upgrade() {
-            c.streams.remove(self.header.serial);
+        if let Some(c) = self.sender.client.upgrade() {
+            c.streams.remove(self.sender.header.serial);
         }
     }
 }
