@@ -1689,6 +1689,279 @@ fn hostile_names_never_escape_their_directories() {
 // 8. A running guest: streams abused, disconnects mid-call and mid-stream
 // ---------------------------------------------------------------------------------------
 
+/// A STREAM packet of the console stream opened with `serial`.
+fn stream_msg(serial: u32, status: Status, payload: &[u8]) -> Vec<u8> {
+    let h = Header {
+        kind: MessageType::STREAM,
+        status,
+        ..call_header(p::DOMAIN_OPEN_CONSOLE, serial)
+    };
+    any_msg(&h, payload)
+}
+
+fn console_args(dom: &NonnullDomain) -> Vec<u8> {
+    encode(&DomainOpenConsoleArgs {
+        dom: dom.clone(),
+        dev_name: None,
+        flags: 0,
+    })
+}
+
+/// Opens the guest's console as stream `serial`, retrying while an earlier session (one
+/// whose client just left) still holds the line.
+fn open_console(raw: &mut Raw, serial: u32, dom: &NonnullDomain) {
+    let deadline = Instant::now() + REPLY_WAIT;
+    loop {
+        match call_raw(raw, p::DOMAIN_OPEN_CONSOLE, serial, &console_args(dom)) {
+            Ok(_) => return,
+            Err(e) if Instant::now() < deadline => {
+                assert!(
+                    e.message
+                        .as_deref()
+                        .unwrap_or("")
+                        .contains("Active console session"),
+                    "{e:?}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("cannot open the console: {e:?}"),
+        }
+    }
+}
+
+/// Reads stream `serial` until its output contains `pat` (true), or until it ends, the
+/// connection closes or nothing comes for `REPLY_WAIT`.
+fn stream_until(raw: &mut Raw, serial: u32, pat: &[u8]) -> bool {
+    let mut seen = Vec::new();
+    while let Some((h, payload)) = raw.reply() {
+        if h.kind != MessageType::STREAM || h.serial != serial {
+            continue;
+        }
+        if h.status != Status::CONTINUE || payload.is_empty() {
+            return false;
+        }
+        seen.extend_from_slice(&payload);
+        if seen.windows(pat.len()).any(|w| w == pat) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Waits for the daemon's confirmation of a finish or abort: an empty STREAM OK.
+fn confirmed(raw: &mut Raw, serial: u32) -> bool {
+    while let Some((h, payload)) = raw.reply() {
+        if h.kind == MessageType::STREAM && h.serial == serial && h.status == Status::OK {
+            return payload.is_empty();
+        }
+    }
+    false
+}
+
+/// An opened client whose socket is reset (RST, not FIN) when dropped.
+fn opened_resetting(port: u16) -> Raw {
+    let s = resetting(port);
+    s.set_read_timeout(Some(REPLY_WAIT)).ok();
+    let mut raw = Raw { s: Box::new(s) };
+    raw.open();
+    raw
+}
+
+/// A fresh client opens the console, gets a prompt, runs a command and finishes.
+fn console_works(port: u16, dom: &NonnullDomain, tag: u32) {
+    let mut c = opened(port);
+    open_console(&mut c, 7, dom);
+    c.send(&stream_msg(7, Status::CONTINUE, b"\r"));
+    assert!(stream_until(&mut c, 7, b"guest# "), "no prompt");
+    std::thread::sleep(Duration::from_millis(300));
+    let cmd = format!("echo works-$(({tag}+1))\r");
+    c.send(&stream_msg(7, Status::CONTINUE, cmd.as_bytes()));
+    let want = format!("works-{}", tag + 1);
+    assert!(stream_until(&mut c, 7, want.as_bytes()), "{want} missing");
+    c.send(&stream_msg(7, Status::OK, &[]));
+    assert!(confirmed(&mut c, 7), "finish not confirmed");
+}
+
+#[test]
+fn console_streams_abused_and_dropped_on_a_running_guest() {
+    let _one = serialized();
+    let d = Daemon::start();
+    let image = guest_image(d.root.path(), "streamed");
+    let mut raw = opened(d.port);
+    let dom = define(&mut raw, 2, &guest_xml("streamed", &image)).expect("define");
+    d.virsh_ok(&["start", "streamed"]);
+    {
+        // Booted: a shell answers on the console. Nothing is attached afterwards.
+        let mut c = opened(d.port);
+        c.s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+        open_console(&mut c, 3, &dom);
+        assert!(
+            stream_until(&mut c, 3, b"guest# "),
+            "the guest never got a shell"
+        );
+        // Some output once the pump has had time to find the guest's process (it keeps a
+        // pidfd for it), so that the descriptor is in the baseline.
+        std::thread::sleep(Duration::from_millis(1500));
+        c.send(&stream_msg(3, Status::CONTINUE, b"echo baseline\r"));
+        assert!(stream_until(&mut c, 3, b"guest# "));
+        c.send(&stream_msg(3, Status::OK, &[]));
+        assert!(confirmed(&mut c, 3));
+    }
+    let pid = d.pid();
+    std::thread::sleep(Duration::from_millis(300));
+    let base_fds = fd_count(pid);
+    eprintln!("fds before: {:?}", fd_targets(pid));
+
+    case(
+        &d,
+        "streams: packets for serials that have no stream",
+        || {
+            let mut c = opened(d.port);
+            for serial in [0, 1, 3, 77, 0x7fff_ffff, 0xffff_ffff] {
+                for (status, payload) in [
+                    (Status::CONTINUE, &b"keys"[..]),
+                    (Status::CONTINUE, &[][..]),
+                    (Status::OK, &[][..]),
+                    (Status::ERROR, &b"\x00\x00\x00\x01garbage"[..]),
+                    (Status(9), &[][..]),
+                ] {
+                    c.send(&stream_msg(serial, status, payload));
+                }
+            }
+            alive(&mut c, 900);
+        },
+    );
+
+    case(
+        &d,
+        "streams: data, a second finish and an abort after the finish",
+        || {
+            let mut c = opened(d.port);
+            open_console(&mut c, 10, &dom);
+            c.send(&stream_msg(10, Status::OK, &[]));
+            assert!(confirmed(&mut c, 10), "finish not confirmed");
+            c.send(&stream_msg(10, Status::CONTINUE, b"echo late\r"));
+            c.send(&stream_msg(10, Status::OK, &[]));
+            c.send(&stream_msg(10, Status::ERROR, &[]));
+            alive(&mut c, 11);
+            // The line was let go: the same connection opens it again.
+            open_console(&mut c, 12, &dom);
+            c.send(&stream_msg(12, Status::CONTINUE, b"\r"));
+            assert!(stream_until(&mut c, 12, b"guest# "));
+            // Finish and abort sent together: one confirmation, the abort is dropped.
+            c.send(&stream_msg(12, Status::OK, &[]));
+            c.send(&stream_msg(12, Status::ERROR, &[]));
+            assert!(confirmed(&mut c, 12));
+            alive(&mut c, 13);
+        },
+    );
+
+    case(&d, "streams: ERROR packets with garbage payloads", || {
+        let mut c = opened(d.port);
+        let garbage: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7919 % 251) as u8).collect();
+        for (serial, status, payload) in [
+            (20, Status::ERROR, &garbage[..]),
+            (21, Status::ERROR, &b"\xff\xff\xff\xff"[..]),
+            (22, Status(-1), &b"junk"[..]),
+        ] {
+            open_console(&mut c, serial, &dom);
+            c.send(&stream_msg(serial, status, payload));
+            assert!(confirmed(&mut c, serial), "abort {serial} not confirmed");
+            alive(&mut c, serial + 100);
+        }
+    });
+
+    case(
+        &d,
+        "streams: clients that leave with DOMAIN_OPEN_CONSOLE unanswered",
+        || {
+            for _ in 0..20 {
+                let mut c = opened(d.port);
+                c.send(&call_msg(p::DOMAIN_OPEN_CONSOLE, 30, &console_args(&dom)));
+                drop(c);
+            }
+            for _ in 0..20 {
+                // Reset instead of closed, the call and a keystroke in flight.
+                let mut s = resetting(d.port);
+                let mut m = frame::encode(&call_header(p::AUTH_LIST, 0), &()).to_vec();
+                m.extend(call_msg(p::CONNECT_OPEN, 1, &{
+                    let mut v = encode(&Some("uml:///system".to_string()));
+                    v.extend(word(0));
+                    v
+                }));
+                m.extend(call_msg(p::DOMAIN_OPEN_CONSOLE, 2, &console_args(&dom)));
+                m.extend(stream_msg(2, Status::CONTINUE, b"x"));
+                let _ = s.write_all(&m);
+                drop(s);
+            }
+            // Every session was let go: a fresh client gets the line.
+            console_works(d.port, &dom, 30);
+        },
+    );
+
+    case(
+        &d,
+        "streams: clients that leave while console output flows",
+        || {
+            let mut c = opened(d.port);
+            open_console(&mut c, 40, &dom);
+            // Several seconds of a console at full speed, whoever reads it.
+            c.send(&stream_msg(
+                40,
+                Status::CONTINUE,
+                b"timeout 5 tr '\\0' F < /dev/zero\r",
+            ));
+            assert!(stream_until(&mut c, 40, b"FFFFFFFF"));
+            drop(c);
+            for i in 0..10u32 {
+                // Closed, or reset without a word.
+                let mut c = if i % 2 == 0 {
+                    opened(d.port)
+                } else {
+                    opened_resetting(d.port)
+                };
+                open_console(&mut c, 41 + i, &dom);
+                assert!(stream_until(&mut c, 41 + i, b"FFFFFFFF"));
+                let until = Instant::now() + Duration::from_millis(250);
+                while Instant::now() < until && c.reply().is_some() {}
+                drop(c);
+            }
+        },
+    );
+
+    // The flood is over: a fresh client has a working console, and every descriptor the
+    // abused sessions used is closed.
+    std::thread::sleep(Duration::from_secs(3));
+    console_works(d.port, &dom, 50);
+    let back = wait_until(Duration::from_secs(10), || fd_count(pid) <= base_fds);
+    assert!(
+        back,
+        "fds: {} now, {base_fds} before: {:?}",
+        fd_count(pid),
+        fd_targets(pid)
+    );
+    alive(&mut raw, 99);
+}
+
+/// What each of a process's descriptors refers to.
+fn fd_targets(pid: i32) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            format!(
+                "{} -> {}",
+                e.file_name().to_string_lossy(),
+                target.display()
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 #[test]
 fn slowloris_clients_delay_nobody_else() {
     let _one = serialized();
