@@ -322,6 +322,12 @@ fn state_of(c: &mut Conn, dom: &NonnullDomain) -> std::io::Result<i32> {
 
 /// Defines (again) and boots every guest, resuming paused ones: the state both ends of the
 /// soak are measured in.
+/// How long the guests are left to settle after booting, before the daemon's resources are
+/// sampled at either end: a console pump holds a pidfd for its guest's UML process once the
+/// guest's shell has opened the console (UML then starts the helper through which the pump
+/// finds it), so sampling a guest still on its way to the shell counts one fd less.
+const SETTLE: Duration = Duration::from_secs(10);
+
 fn all_running(addr: &str, doms: &[NonnullDomain]) -> std::io::Result<()> {
     let mut c = Conn::open(addr)?;
     for d in doms {
@@ -690,7 +696,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
     }
     drop(setup);
     all_running(&addr, &doms).map_err(|e| format!("booting the guests: {e}"))?;
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(SETTLE);
     let before = snapshot(pid);
 
     println!(
@@ -773,7 +779,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
 
     // Back to the initial state, then measure again.
     let restored = all_running(&addr, &doms);
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(SETTLE);
     let after = snapshot(pid);
     let stray = {
         let uml_dir = root.join("run/libvirt/uml-guest");
