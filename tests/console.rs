@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::{call_header, guest_image, guest_xml, python_ok, Daemon};
+use support::{call_header, guest_image, guest_xml, python_ok, rss_kib, Daemon};
 use virtumld_protocol::frame;
 use virtumld_protocol::header::{Header, MessageType, Status};
 use virtumld_protocol::procedures::proc as p;
@@ -625,17 +625,6 @@ impl Canary {
         assert!(p99 <= CANARY_P99, "{what}: canary p99 {p99:?}");
         assert!(worst <= CANARY_MAX, "{what}: the canary waited {worst:?}");
     }
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// How long another client's calls may wait while a console is abused: nearly all within

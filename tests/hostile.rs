@@ -26,7 +26,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::{call_header, guest_image, guest_leaders, guest_xml, wait_until, Daemon, Raw};
+use support::{
+    call_header, fd_count, guest_image, guest_leaders, guest_xml, rss_kib, wait_until, Daemon, Raw,
+};
 use virtumld_protocol::error::{code, domain, RemoteError};
 use virtumld_protocol::frame;
 use virtumld_protocol::header::{
@@ -320,23 +322,6 @@ fn define(raw: &mut Raw, serial: u32, xml: &str) -> Result<NonnullDomain, Remote
         &encode(&DomainDefineXmlArgs { xml: xml.into() }),
     )
     .map(|b| xdr::from_bytes::<DomainDefineXmlRet>(&b).unwrap().dom)
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
 }
 
 /// A TCP connection that is reset (RST, not FIN) when dropped.
