@@ -8,8 +8,8 @@
 //!   `admin`: the admin socket, which refuses every call for now.
 //! - `rpc/`: the transport: `connection` (framing, keepalive, per-call tasks, writer),
 //!   `client` (per-connection state).
-//! - `remote/`: dispatch. `remote/mod.rs` holds the one `match` from procedure number to
-//!   handler; handlers live in one module per API area (`connect`, ...). A procedure
+//! - `remote/`: dispatch. `remote/mod.rs` holds the one table from procedure number to
+//!   argument type and handler; handlers live in one module per API area (`connect`, ...). A procedure
 //!   `REMOTE_PROC_X_Y` is handled by the function `x_y` of its area's module.
 //! - `host`: host facts (node info, capabilities).
 //! - The UML backend is the `virtumld-uml` crate (`uml/`); the wire types are the

@@ -41,7 +41,7 @@ const FINISH_WAIT: Duration = Duration::from_secs(10);
 /// Largest STREAM packet of console output.
 const PACKET_MAX: usize = stream::MAX_CHUNK;
 
-pub async fn open_console(ctx: &Ctx<'_>, serial: u32, a: DomainOpenConsoleArgs) -> Reply<()> {
+pub async fn open_console(ctx: &Ctx<'_>, a: DomainOpenConsoleArgs) -> Reply<()> {
     if a.flags & SAFE != 0 {
         return Err(wire_error::new(
             code::ARGUMENT_UNSUPPORTED,
@@ -54,7 +54,7 @@ pub async fn open_console(ctx: &Ctx<'_>, serial: u32, a: DomainOpenConsoleArgs) 
     let driver = &ctx.daemon.driver;
     let obj = driver.get(&a.dom.name, &a.dom.uuid.0)?;
     let (pump, claim) = driver.claim_console(&obj, a.dev_name.as_deref(), a.flags & FORCE != 0)?;
-    let stream = stream::open(ctx.client, ctx.info.number, serial)
+    let stream = stream::open(ctx.client, ctx.info.number, ctx.serial)
         .ok_or_else(|| err::invalid_arg("a stream is already open on this serial"))?;
     tokio::spawn(session(stream, pump, claim));
     Ok(())

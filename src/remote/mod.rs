@@ -1,6 +1,6 @@
 //! Dispatch of REMOTE program calls: the procedure table decides the auth gate, the
-//! "connection open" gate and read-only access once, here; then the one `match` below sends
-//! the decoded arguments to the handler of the procedure's API area.
+//! "connection open" gate and read-only access once, here; then the one procedure table below
+//! sends the decoded arguments to the handler of the procedure's API area.
 
 // Handlers return the 11-field wire error by value: errors are the cold path, and boxing
 // them would only add an allocation to every failure.
@@ -24,7 +24,13 @@ use virtumld_protocol::error::{code, domain as from, RemoteError};
 use virtumld_protocol::frame;
 use virtumld_protocol::header::{Header, Status};
 use virtumld_protocol::procedures::{proc as p, remote_procedure, Kind, ProcInfo};
-use virtumld_protocol::xdr::{self, Xdr};
+use virtumld_protocol::remote::*;
+use virtumld_protocol::xdr::{self, DecodeError, Xdr};
+
+use connect as c;
+use domain as d;
+use events as ev;
+use storage as sp;
 
 use crate::daemon::Daemon;
 use crate::rpc::client::Client;
@@ -257,197 +263,177 @@ where
     Ok(xdr::to_bytes(&ret))
 }
 
-/// The procedure table: number → handler. Everything not listed answers as libvirtd does
-/// for a procedure it lacks, so clients take their fallbacks.
-async fn call(ctx: &Ctx<'_>, number: i32, payload: &[u8]) -> Reply<BytesMut> {
-    use connect as c;
-    use domain as d;
-    use events as ev;
-    use storage as sp;
-    match number {
-        p::AUTH_LIST => run(payload, |()| c::auth_list(ctx)).await,
-        p::AUTH_SASL_INIT => run(payload, |()| auth::auth_sasl_init(ctx)).await,
-        p::AUTH_SASL_START => run(payload, |a| auth::auth_sasl_start(ctx, a)).await,
-        p::AUTH_SASL_STEP => run(payload, |a| auth::auth_sasl_step(ctx, a)).await,
-        p::CONNECT_SUPPORTS_FEATURE => run(payload, |a| c::connect_supports_feature(ctx, a)).await,
-        p::CONNECT_OPEN => run(payload, |a| c::connect_open(ctx, a)).await,
-        p::CONNECT_CLOSE => run(payload, |()| c::connect_close(ctx)).await,
-        p::CONNECT_REGISTER_CLOSE_CALLBACK => run(payload, |()| c::void_ok(ctx)).await,
-        p::CONNECT_UNREGISTER_CLOSE_CALLBACK => run(payload, |()| c::void_ok(ctx)).await,
-        p::CONNECT_GET_TYPE => run(payload, |()| c::connect_get_type(ctx)).await,
-        p::CONNECT_GET_VERSION => run(payload, |()| c::connect_get_version(ctx)).await,
-        p::CONNECT_GET_LIB_VERSION => run(payload, |()| c::connect_get_lib_version(ctx)).await,
-        p::CONNECT_GET_HOSTNAME => run(payload, |()| c::connect_get_hostname(ctx)).await,
-        p::CONNECT_GET_URI => run(payload, |()| c::connect_get_uri(ctx)).await,
-        p::CONNECT_GET_SYSINFO => run(payload, |a| c::connect_get_sysinfo(ctx, a)).await,
-        p::CONNECT_GET_CAPABILITIES => run(payload, |()| c::connect_get_capabilities(ctx)).await,
-        p::CONNECT_GET_DOMAIN_CAPABILITIES => {
-            run(payload, |a| c::connect_get_domain_capabilities(ctx, a)).await
+/// Expands the procedure table below into the dispatcher `call`, the list of implemented
+/// procedures and a decode-only entry point, so the fuzzer decodes exactly what `call`
+/// decodes. A row is `NUMBER(ArgsType) => handler` (handler called as `handler(ctx, args)`)
+/// or `NUMBER => handler` for a procedure without arguments (`handler(ctx)`). The argument
+/// type is written out so `decode_args` can name it; the compiler checks it against the
+/// handler's parameter.
+macro_rules! procedure_table {
+    ($( $num:ident $(($args:ty))? => $handler:path, )*) => {
+        /// Runs one call through the table. Everything not in it answers as libvirtd does
+        /// for a procedure it lacks, so clients take their fallbacks.
+        async fn call(ctx: &Ctx<'_>, number: i32, payload: &[u8]) -> Reply<BytesMut> {
+            match number {
+                $( p::$num => procedure_table!(@run ctx, payload, $handler $(, $args)?), )*
+                _ => Err(err::no_support(ctx.info)),
+            }
         }
-        p::CONNECT_GET_MAX_VCPUS => run(payload, |a| c::connect_get_max_vcpus(ctx, a)).await,
-        p::CONNECT_IS_SECURE => run(payload, |()| c::connect_is_secure(ctx)).await,
-        p::NODE_GET_INFO => run(payload, |()| c::node_get_info(ctx)).await,
-        p::NODE_GET_FREE_MEMORY => run(payload, |()| c::node_get_free_memory(ctx)).await,
-        p::NODE_GET_MEMORY_STATS => run(payload, |a| c::node_get_memory_stats(ctx, a)).await,
-        p::NODE_GET_CPU_STATS => run(payload, |a| c::node_get_cpu_stats(ctx, a)).await,
-        p::NODE_GET_SECURITY_MODEL => run(payload, |()| c::node_get_security_model(ctx)).await,
-        p::CONNECT_LIST_ALL_DOMAINS => run(payload, |a| d::list_all(ctx, a)).await,
-        p::CONNECT_NUM_OF_DOMAINS => run(payload, |()| d::num_of_domains(ctx)).await,
-        p::CONNECT_LIST_DOMAINS => run(payload, |a| d::list_domains(ctx, a)).await,
-        p::CONNECT_NUM_OF_DEFINED_DOMAINS => {
-            run(payload, |()| d::num_of_defined_domains(ctx)).await
+
+        /// Every procedure `call` handles, in table order.
+        pub const IMPLEMENTED: &[i32] = &[$( p::$num, )*];
+
+        /// Decodes a call's arguments exactly as `call` does, without running anything, and
+        /// returns them re-encoded; `None` for a procedure the table lacks. For the fuzzer.
+        pub fn decode_args(number: i32, payload: &[u8]) -> Option<Result<BytesMut, DecodeError>> {
+            match number {
+                $( p::$num => Some(procedure_table!(@decode payload $(, $args)?)), )*
+                _ => None,
+            }
         }
-        p::CONNECT_LIST_DEFINED_DOMAINS => run(payload, |a| d::list_defined_domains(ctx, a)).await,
-        p::DOMAIN_LOOKUP_BY_NAME => run(payload, |a| d::lookup_by_name(ctx, a)).await,
-        p::DOMAIN_LOOKUP_BY_UUID => run(payload, |a| d::lookup_by_uuid(ctx, a)).await,
-        p::DOMAIN_LOOKUP_BY_ID => run(payload, |a| d::lookup_by_id(ctx, a)).await,
-        p::DOMAIN_DEFINE_XML => run(payload, |a| d::define_xml(ctx, a)).await,
-        p::DOMAIN_DEFINE_XML_FLAGS => run(payload, |a| d::define_xml_flags(ctx, a)).await,
-        p::DOMAIN_UNDEFINE => run(payload, |a| d::undefine(ctx, a)).await,
-        p::DOMAIN_UNDEFINE_FLAGS => run(payload, |a| d::undefine_flags(ctx, a)).await,
-        p::DOMAIN_GET_XML_DESC => run(payload, |a| d::get_xml_desc(ctx, a)).await,
-        p::DOMAIN_CREATE => run(payload, |a| d::create(ctx, a)).await,
-        p::DOMAIN_CREATE_WITH_FLAGS => run(payload, |a| d::create_with_flags(ctx, a)).await,
-        p::DOMAIN_CREATE_XML => run(payload, |a| d::create_xml(ctx, a)).await,
-        p::DOMAIN_SHUTDOWN => run(payload, |a| d::shutdown(ctx, a)).await,
-        p::DOMAIN_SHUTDOWN_FLAGS => run(payload, |a| d::shutdown_flags(ctx, a)).await,
-        p::DOMAIN_REBOOT => run(payload, |a| d::reboot(ctx, a)).await,
-        p::DOMAIN_SUSPEND => run(payload, |a| d::suspend(ctx, a)).await,
-        p::DOMAIN_RESUME => run(payload, |a| d::resume(ctx, a)).await,
-        p::DOMAIN_DESTROY => run(payload, |a| d::destroy(ctx, a)).await,
-        p::DOMAIN_DESTROY_FLAGS => run(payload, |a| d::destroy_flags(ctx, a)).await,
-        p::DOMAIN_GET_AUTOSTART => run(payload, |a| d::get_autostart(ctx, a)).await,
-        p::DOMAIN_SET_AUTOSTART => run(payload, |a| d::set_autostart(ctx, a)).await,
-        p::DOMAIN_GET_INFO => run(payload, |a| d::get_info(ctx, a)).await,
-        p::DOMAIN_GET_STATE => run(payload, |a| d::get_state(ctx, a)).await,
-        p::DOMAIN_GET_OS_TYPE => run(payload, |a| d::get_os_type(ctx, a)).await,
-        p::DOMAIN_IS_ACTIVE => run(payload, |a| d::is_active(ctx, a)).await,
-        p::DOMAIN_IS_PERSISTENT => run(payload, |a| d::is_persistent(ctx, a)).await,
-        p::DOMAIN_IS_UPDATED => run(payload, |a| d::is_updated(ctx, a)).await,
-        p::DOMAIN_HAS_MANAGED_SAVE_IMAGE => {
-            run(payload, |a| d::has_managed_save_image(ctx, a)).await
-        }
-        p::DOMAIN_SNAPSHOT_NUM => run(payload, |a| d::snapshot_num(ctx, a)).await,
-        p::DOMAIN_GET_MESSAGES => run(payload, |a| d::get_messages(ctx, a)).await,
-        p::DOMAIN_GET_MAX_MEMORY => run(payload, |a| d::get_max_memory(ctx, a)).await,
-        p::DOMAIN_SET_MAX_MEMORY => run(payload, |a| d::set_max_memory(ctx, a)).await,
-        p::DOMAIN_SET_MEMORY => run(payload, |a| d::set_memory(ctx, a)).await,
-        p::DOMAIN_SET_MEMORY_FLAGS => run(payload, |a| d::set_memory_flags(ctx, a)).await,
-        p::DOMAIN_GET_MAX_VCPUS => run(payload, |a| d::get_max_vcpus(ctx, a)).await,
-        p::DOMAIN_GET_VCPUS_FLAGS => run(payload, |a| d::get_vcpus_flags(ctx, a)).await,
-        p::DOMAIN_GET_VCPUS => run(payload, |a| d::get_vcpus(ctx, a)).await,
-        p::CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY => {
-            run(payload, |a| ev::callback_register_any(ctx, a)).await
-        }
-        p::CONNECT_DOMAIN_EVENT_CALLBACK_DEREGISTER_ANY => {
-            run(payload, |a| ev::callback_deregister_any(ctx, a)).await
-        }
-        p::CONNECT_DOMAIN_EVENT_REGISTER => run(payload, |()| ev::register(ctx)).await,
-        p::CONNECT_DOMAIN_EVENT_DEREGISTER => run(payload, |()| ev::deregister(ctx)).await,
-        p::CONNECT_DOMAIN_EVENT_REGISTER_ANY => run(payload, |a| ev::register_any(ctx, a)).await,
-        p::CONNECT_DOMAIN_EVENT_DEREGISTER_ANY => {
-            run(payload, |a| ev::deregister_any(ctx, a)).await
-        }
-        p::DOMAIN_OPEN_CONSOLE => run(payload, |a| console::open_console(ctx, ctx.serial, a)).await,
-        p::CONNECT_GET_ALL_DOMAIN_STATS => {
-            run(payload, |a| stats::connect_get_all_domain_stats(ctx, a)).await
-        }
-        p::DOMAIN_MEMORY_STATS => run(payload, |a| stats::domain_memory_stats(ctx, a)).await,
-        p::DOMAIN_BLOCK_STATS => run(payload, |a| stats::domain_block_stats(ctx, a)).await,
-        p::DOMAIN_BLOCK_STATS_FLAGS => {
-            run(payload, |a| stats::domain_block_stats_flags(ctx, a)).await
-        }
-        p::DOMAIN_INTERFACE_STATS => run(payload, |a| stats::domain_interface_stats(ctx, a)).await,
-        p::DOMAIN_LIST_ALL_SNAPSHOTS => {
-            run(payload, |a| stats::domain_list_all_snapshots(ctx, a)).await
-        }
-        p::CONNECT_LIST_ALL_STORAGE_POOLS => {
-            run(payload, |a| sp::connect_list_all_storage_pools(ctx, a)).await
-        }
-        p::CONNECT_NUM_OF_STORAGE_POOLS => {
-            run(payload, |()| sp::connect_num_of_storage_pools(ctx)).await
-        }
-        p::CONNECT_LIST_STORAGE_POOLS => {
-            run(payload, |a| sp::connect_list_storage_pools(ctx, a)).await
-        }
-        p::CONNECT_NUM_OF_DEFINED_STORAGE_POOLS => {
-            run(payload, |()| sp::connect_num_of_defined_storage_pools(ctx)).await
-        }
-        p::CONNECT_LIST_DEFINED_STORAGE_POOLS => {
-            run(payload, |a| sp::connect_list_defined_storage_pools(ctx, a)).await
-        }
-        p::STORAGE_POOL_LOOKUP_BY_NAME => {
-            run(payload, |a| sp::storage_pool_lookup_by_name(ctx, a)).await
-        }
-        p::STORAGE_POOL_LOOKUP_BY_UUID => {
-            run(payload, |a| sp::storage_pool_lookup_by_uuid(ctx, a)).await
-        }
-        p::STORAGE_POOL_LOOKUP_BY_VOLUME => {
-            run(payload, |a| sp::storage_pool_lookup_by_volume(ctx, a)).await
-        }
-        p::STORAGE_POOL_LOOKUP_BY_TARGET_PATH => {
-            run(payload, |a| sp::storage_pool_lookup_by_target_path(ctx, a)).await
-        }
-        p::STORAGE_POOL_DEFINE_XML => run(payload, |a| sp::storage_pool_define_xml(ctx, a)).await,
-        p::STORAGE_POOL_CREATE_XML => run(payload, |a| sp::storage_pool_create_xml(ctx, a)).await,
-        p::STORAGE_POOL_BUILD => run(payload, |a| sp::storage_pool_build(ctx, a)).await,
-        p::STORAGE_POOL_CREATE => run(payload, |a| sp::storage_pool_create(ctx, a)).await,
-        p::STORAGE_POOL_DESTROY => run(payload, |a| sp::storage_pool_destroy(ctx, a)).await,
-        p::STORAGE_POOL_DELETE => run(payload, |a| sp::storage_pool_delete(ctx, a)).await,
-        p::STORAGE_POOL_UNDEFINE => run(payload, |a| sp::storage_pool_undefine(ctx, a)).await,
-        p::STORAGE_POOL_REFRESH => run(payload, |a| sp::storage_pool_refresh(ctx, a)).await,
-        p::STORAGE_POOL_GET_INFO => run(payload, |a| sp::storage_pool_get_info(ctx, a)).await,
-        p::STORAGE_POOL_GET_XML_DESC => {
-            run(payload, |a| sp::storage_pool_get_xml_desc(ctx, a)).await
-        }
-        p::STORAGE_POOL_GET_AUTOSTART => {
-            run(payload, |a| sp::storage_pool_get_autostart(ctx, a)).await
-        }
-        p::STORAGE_POOL_SET_AUTOSTART => {
-            run(payload, |a| sp::storage_pool_set_autostart(ctx, a)).await
-        }
-        p::STORAGE_POOL_IS_ACTIVE => run(payload, |a| sp::storage_pool_is_active(ctx, a)).await,
-        p::STORAGE_POOL_IS_PERSISTENT => {
-            run(payload, |a| sp::storage_pool_is_persistent(ctx, a)).await
-        }
-        p::STORAGE_POOL_LIST_ALL_VOLUMES => {
-            run(payload, |a| sp::storage_pool_list_all_volumes(ctx, a)).await
-        }
-        p::STORAGE_POOL_NUM_OF_VOLUMES => {
-            run(payload, |a| sp::storage_pool_num_of_volumes(ctx, a)).await
-        }
-        p::STORAGE_POOL_LIST_VOLUMES => {
-            run(payload, |a| sp::storage_pool_list_volumes(ctx, a)).await
-        }
-        p::STORAGE_VOL_LOOKUP_BY_NAME => {
-            run(payload, |a| sp::storage_vol_lookup_by_name(ctx, a)).await
-        }
-        p::STORAGE_VOL_LOOKUP_BY_KEY => {
-            run(payload, |a| sp::storage_vol_lookup_by_key(ctx, a)).await
-        }
-        p::STORAGE_VOL_LOOKUP_BY_PATH => {
-            run(payload, |a| sp::storage_vol_lookup_by_path(ctx, a)).await
-        }
-        p::STORAGE_VOL_CREATE_XML => run(payload, |a| sp::storage_vol_create_xml(ctx, a)).await,
-        p::STORAGE_VOL_DELETE => run(payload, |a| sp::storage_vol_delete(ctx, a)).await,
-        p::STORAGE_VOL_RESIZE => run(payload, |a| sp::storage_vol_resize(ctx, a)).await,
-        p::STORAGE_VOL_GET_INFO => run(payload, |a| sp::storage_vol_get_info(ctx, a)).await,
-        p::STORAGE_VOL_GET_XML_DESC => run(payload, |a| sp::storage_vol_get_xml_desc(ctx, a)).await,
-        p::STORAGE_VOL_GET_PATH => run(payload, |a| sp::storage_vol_get_path(ctx, a)).await,
-        p::CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY => {
-            run(payload, |a| {
-                sp::connect_storage_pool_event_register_any(ctx, a)
-            })
-            .await
-        }
-        p::CONNECT_STORAGE_POOL_EVENT_DEREGISTER_ANY => {
-            run(payload, |a| {
-                sp::connect_storage_pool_event_deregister_any(ctx, a)
-            })
-            .await
-        }
-        _ => Err(err::no_support(ctx.info)),
-    }
+    };
+    (@run $ctx:ident, $payload:ident, $handler:path) => {
+        run($payload, |()| $handler($ctx)).await
+    };
+    (@run $ctx:ident, $payload:ident, $handler:path, $args:ty) => {
+        run($payload, |a: $args| $handler($ctx, a)).await
+    };
+    (@decode $payload:ident) => {
+        xdr::from_bytes::<()>($payload).map(|a| xdr::to_bytes(&a))
+    };
+    (@decode $payload:ident, $args:ty) => {
+        xdr::from_bytes::<$args>($payload).map(|a| xdr::to_bytes(&a))
+    };
+}
+
+// The procedure table: number → handler of its API area.
+procedure_table! {
+    AUTH_LIST => c::auth_list,
+    AUTH_SASL_INIT => auth::auth_sasl_init,
+    AUTH_SASL_START(AuthSaslStartArgs) => auth::auth_sasl_start,
+    AUTH_SASL_STEP(AuthSaslStepArgs) => auth::auth_sasl_step,
+    CONNECT_SUPPORTS_FEATURE(ConnectSupportsFeatureArgs) => c::connect_supports_feature,
+    CONNECT_OPEN(ConnectOpenArgs) => c::connect_open,
+    CONNECT_CLOSE => c::connect_close,
+    CONNECT_REGISTER_CLOSE_CALLBACK => c::void_ok,
+    CONNECT_UNREGISTER_CLOSE_CALLBACK => c::void_ok,
+    CONNECT_GET_TYPE => c::connect_get_type,
+    CONNECT_GET_VERSION => c::connect_get_version,
+    CONNECT_GET_LIB_VERSION => c::connect_get_lib_version,
+    CONNECT_GET_HOSTNAME => c::connect_get_hostname,
+    CONNECT_GET_URI => c::connect_get_uri,
+    CONNECT_GET_SYSINFO(ConnectGetSysinfoArgs) => c::connect_get_sysinfo,
+    CONNECT_GET_CAPABILITIES => c::connect_get_capabilities,
+    CONNECT_GET_DOMAIN_CAPABILITIES(ConnectGetDomainCapabilitiesArgs)
+        => c::connect_get_domain_capabilities,
+    CONNECT_GET_MAX_VCPUS(ConnectGetMaxVcpusArgs) => c::connect_get_max_vcpus,
+    CONNECT_IS_SECURE => c::connect_is_secure,
+    NODE_GET_INFO => c::node_get_info,
+    NODE_GET_FREE_MEMORY => c::node_get_free_memory,
+    NODE_GET_MEMORY_STATS(NodeGetMemoryStatsArgs) => c::node_get_memory_stats,
+    NODE_GET_CPU_STATS(NodeGetCpuStatsArgs) => c::node_get_cpu_stats,
+    NODE_GET_SECURITY_MODEL => c::node_get_security_model,
+    CONNECT_LIST_ALL_DOMAINS(ConnectListAllDomainsArgs) => d::list_all,
+    CONNECT_NUM_OF_DOMAINS => d::num_of_domains,
+    CONNECT_LIST_DOMAINS(ConnectListDomainsArgs) => d::list_domains,
+    CONNECT_NUM_OF_DEFINED_DOMAINS => d::num_of_defined_domains,
+    CONNECT_LIST_DEFINED_DOMAINS(ConnectListDefinedDomainsArgs) => d::list_defined_domains,
+    DOMAIN_LOOKUP_BY_NAME(DomainLookupByNameArgs) => d::lookup_by_name,
+    DOMAIN_LOOKUP_BY_UUID(DomainLookupByUuidArgs) => d::lookup_by_uuid,
+    DOMAIN_LOOKUP_BY_ID(DomainLookupByIdArgs) => d::lookup_by_id,
+    DOMAIN_DEFINE_XML(DomainDefineXmlArgs) => d::define_xml,
+    DOMAIN_DEFINE_XML_FLAGS(DomainDefineXmlFlagsArgs) => d::define_xml_flags,
+    DOMAIN_UNDEFINE(DomainUndefineArgs) => d::undefine,
+    DOMAIN_UNDEFINE_FLAGS(DomainUndefineFlagsArgs) => d::undefine_flags,
+    DOMAIN_GET_XML_DESC(DomainGetXmlDescArgs) => d::get_xml_desc,
+    DOMAIN_CREATE(DomainCreateArgs) => d::create,
+    DOMAIN_CREATE_WITH_FLAGS(DomainCreateWithFlagsArgs) => d::create_with_flags,
+    DOMAIN_CREATE_XML(DomainCreateXmlArgs) => d::create_xml,
+    DOMAIN_SHUTDOWN(DomainShutdownArgs) => d::shutdown,
+    DOMAIN_SHUTDOWN_FLAGS(DomainShutdownFlagsArgs) => d::shutdown_flags,
+    DOMAIN_REBOOT(DomainRebootArgs) => d::reboot,
+    DOMAIN_SUSPEND(DomainSuspendArgs) => d::suspend,
+    DOMAIN_RESUME(DomainResumeArgs) => d::resume,
+    DOMAIN_DESTROY(DomainDestroyArgs) => d::destroy,
+    DOMAIN_DESTROY_FLAGS(DomainDestroyFlagsArgs) => d::destroy_flags,
+    DOMAIN_GET_AUTOSTART(DomainGetAutostartArgs) => d::get_autostart,
+    DOMAIN_SET_AUTOSTART(DomainSetAutostartArgs) => d::set_autostart,
+    DOMAIN_GET_INFO(DomainGetInfoArgs) => d::get_info,
+    DOMAIN_GET_STATE(DomainGetStateArgs) => d::get_state,
+    DOMAIN_GET_OS_TYPE(DomainGetOsTypeArgs) => d::get_os_type,
+    DOMAIN_IS_ACTIVE(DomainIsActiveArgs) => d::is_active,
+    DOMAIN_IS_PERSISTENT(DomainIsPersistentArgs) => d::is_persistent,
+    DOMAIN_IS_UPDATED(DomainIsUpdatedArgs) => d::is_updated,
+    DOMAIN_HAS_MANAGED_SAVE_IMAGE(DomainHasManagedSaveImageArgs) => d::has_managed_save_image,
+    DOMAIN_SNAPSHOT_NUM(DomainSnapshotNumArgs) => d::snapshot_num,
+    DOMAIN_GET_MESSAGES(DomainGetMessagesArgs) => d::get_messages,
+    DOMAIN_GET_MAX_MEMORY(DomainGetMaxMemoryArgs) => d::get_max_memory,
+    DOMAIN_SET_MAX_MEMORY(DomainSetMaxMemoryArgs) => d::set_max_memory,
+    DOMAIN_SET_MEMORY(DomainSetMemoryArgs) => d::set_memory,
+    DOMAIN_SET_MEMORY_FLAGS(DomainSetMemoryFlagsArgs) => d::set_memory_flags,
+    DOMAIN_GET_MAX_VCPUS(DomainGetMaxVcpusArgs) => d::get_max_vcpus,
+    DOMAIN_GET_VCPUS_FLAGS(DomainGetVcpusFlagsArgs) => d::get_vcpus_flags,
+    DOMAIN_GET_VCPUS(DomainGetVcpusArgs) => d::get_vcpus,
+    CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY(ConnectDomainEventCallbackRegisterAnyArgs)
+        => ev::callback_register_any,
+    CONNECT_DOMAIN_EVENT_CALLBACK_DEREGISTER_ANY(ConnectDomainEventCallbackDeregisterAnyArgs)
+        => ev::callback_deregister_any,
+    CONNECT_DOMAIN_EVENT_REGISTER => ev::register,
+    CONNECT_DOMAIN_EVENT_DEREGISTER => ev::deregister,
+    CONNECT_DOMAIN_EVENT_REGISTER_ANY(ConnectDomainEventRegisterAnyArgs) => ev::register_any,
+    CONNECT_DOMAIN_EVENT_DEREGISTER_ANY(ConnectDomainEventDeregisterAnyArgs) => ev::deregister_any,
+    DOMAIN_OPEN_CONSOLE(DomainOpenConsoleArgs) => console::open_console,
+    CONNECT_GET_ALL_DOMAIN_STATS(ConnectGetAllDomainStatsArgs)
+        => stats::connect_get_all_domain_stats,
+    DOMAIN_MEMORY_STATS(DomainMemoryStatsArgs) => stats::domain_memory_stats,
+    DOMAIN_BLOCK_STATS(DomainBlockStatsArgs) => stats::domain_block_stats,
+    DOMAIN_BLOCK_STATS_FLAGS(DomainBlockStatsFlagsArgs) => stats::domain_block_stats_flags,
+    DOMAIN_INTERFACE_STATS(DomainInterfaceStatsArgs) => stats::domain_interface_stats,
+    DOMAIN_LIST_ALL_SNAPSHOTS(DomainListAllSnapshotsArgs) => stats::domain_list_all_snapshots,
+    CONNECT_LIST_ALL_STORAGE_POOLS(ConnectListAllStoragePoolsArgs)
+        => sp::connect_list_all_storage_pools,
+    CONNECT_NUM_OF_STORAGE_POOLS => sp::connect_num_of_storage_pools,
+    CONNECT_LIST_STORAGE_POOLS(ConnectListStoragePoolsArgs) => sp::connect_list_storage_pools,
+    CONNECT_NUM_OF_DEFINED_STORAGE_POOLS => sp::connect_num_of_defined_storage_pools,
+    CONNECT_LIST_DEFINED_STORAGE_POOLS(ConnectListDefinedStoragePoolsArgs)
+        => sp::connect_list_defined_storage_pools,
+    STORAGE_POOL_LOOKUP_BY_NAME(StoragePoolLookupByNameArgs) => sp::storage_pool_lookup_by_name,
+    STORAGE_POOL_LOOKUP_BY_UUID(StoragePoolLookupByUuidArgs) => sp::storage_pool_lookup_by_uuid,
+    STORAGE_POOL_LOOKUP_BY_VOLUME(StoragePoolLookupByVolumeArgs)
+        => sp::storage_pool_lookup_by_volume,
+    STORAGE_POOL_LOOKUP_BY_TARGET_PATH(StoragePoolLookupByTargetPathArgs)
+        => sp::storage_pool_lookup_by_target_path,
+    STORAGE_POOL_DEFINE_XML(StoragePoolDefineXmlArgs) => sp::storage_pool_define_xml,
+    STORAGE_POOL_CREATE_XML(StoragePoolCreateXmlArgs) => sp::storage_pool_create_xml,
+    STORAGE_POOL_BUILD(StoragePoolBuildArgs) => sp::storage_pool_build,
+    STORAGE_POOL_CREATE(StoragePoolCreateArgs) => sp::storage_pool_create,
+    STORAGE_POOL_DESTROY(StoragePoolDestroyArgs) => sp::storage_pool_destroy,
+    STORAGE_POOL_DELETE(StoragePoolDeleteArgs) => sp::storage_pool_delete,
+    STORAGE_POOL_UNDEFINE(StoragePoolUndefineArgs) => sp::storage_pool_undefine,
+    STORAGE_POOL_REFRESH(StoragePoolRefreshArgs) => sp::storage_pool_refresh,
+    STORAGE_POOL_GET_INFO(StoragePoolGetInfoArgs) => sp::storage_pool_get_info,
+    STORAGE_POOL_GET_XML_DESC(StoragePoolGetXmlDescArgs) => sp::storage_pool_get_xml_desc,
+    STORAGE_POOL_GET_AUTOSTART(StoragePoolGetAutostartArgs) => sp::storage_pool_get_autostart,
+    STORAGE_POOL_SET_AUTOSTART(StoragePoolSetAutostartArgs) => sp::storage_pool_set_autostart,
+    STORAGE_POOL_IS_ACTIVE(StoragePoolIsActiveArgs) => sp::storage_pool_is_active,
+    STORAGE_POOL_IS_PERSISTENT(StoragePoolIsPersistentArgs) => sp::storage_pool_is_persistent,
+    STORAGE_POOL_LIST_ALL_VOLUMES(StoragePoolListAllVolumesArgs)
+        => sp::storage_pool_list_all_volumes,
+    STORAGE_POOL_NUM_OF_VOLUMES(StoragePoolNumOfVolumesArgs) => sp::storage_pool_num_of_volumes,
+    STORAGE_POOL_LIST_VOLUMES(StoragePoolListVolumesArgs) => sp::storage_pool_list_volumes,
+    STORAGE_VOL_LOOKUP_BY_NAME(StorageVolLookupByNameArgs) => sp::storage_vol_lookup_by_name,
+    STORAGE_VOL_LOOKUP_BY_KEY(StorageVolLookupByKeyArgs) => sp::storage_vol_lookup_by_key,
+    STORAGE_VOL_LOOKUP_BY_PATH(StorageVolLookupByPathArgs) => sp::storage_vol_lookup_by_path,
+    STORAGE_VOL_CREATE_XML(StorageVolCreateXmlArgs) => sp::storage_vol_create_xml,
+    STORAGE_VOL_DELETE(StorageVolDeleteArgs) => sp::storage_vol_delete,
+    STORAGE_VOL_RESIZE(StorageVolResizeArgs) => sp::storage_vol_resize,
+    STORAGE_VOL_GET_INFO(StorageVolGetInfoArgs) => sp::storage_vol_get_info,
+    STORAGE_VOL_GET_XML_DESC(StorageVolGetXmlDescArgs) => sp::storage_vol_get_xml_desc,
+    STORAGE_VOL_GET_PATH(StorageVolGetPathArgs) => sp::storage_vol_get_path,
+    CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY(ConnectStoragePoolEventRegisterAnyArgs)
+        => sp::connect_storage_pool_event_register_any,
+    CONNECT_STORAGE_POOL_EVENT_DEREGISTER_ANY(ConnectStoragePoolEventDeregisterAnyArgs)
+        => sp::connect_storage_pool_event_deregister_any,
 }
 
 /// Called once a connection is gone or closed (CONNECT_CLOSE): drop what it registered.
@@ -459,9 +445,48 @@ pub fn disconnected(daemon: &Arc<Daemon>, client: &Arc<Client>) {
 
 #[cfg(test)]
 mod tests {
-    use virtumld_protocol::procedures::REMOTE_PROCEDURES;
+    use virtumld_protocol::procedures::{proc as p, remote_procedure, Kind, REMOTE_PROCEDURES};
 
-    use super::SECRET_FLAG_PROCS;
+    use super::{decode_args, IMPLEMENTED, SECRET_FLAG_PROCS};
+
+    /// The table lists each procedure once, only calls, and `decode_args` covers exactly it.
+    #[test]
+    fn table_rows_are_unique_calls_and_decode_args_covers_them() {
+        let mut seen = std::collections::HashSet::new();
+        for &n in IMPLEMENTED {
+            assert!(seen.insert(n), "procedure {n} is in the table twice");
+            let info = remote_procedure(n).expect("a table row names a known procedure");
+            assert_eq!(info.kind, Kind::Call, "{} is not a call", info.name);
+        }
+        for info in REMOTE_PROCEDURES {
+            assert_eq!(
+                decode_args(info.number, &[]).is_some(),
+                seen.contains(&info.number),
+                "{}",
+                info.name
+            );
+        }
+    }
+
+    /// `decode_args` decodes with the handler's own argument type: a call without arguments
+    /// takes only an empty payload, one with arguments round-trips what a client sends, and
+    /// nothing accepts a payload that is not whole XDR words.
+    #[test]
+    fn decode_args_uses_each_procedures_argument_type() {
+        assert!(decode_args(p::CONNECT_GET_VERSION, &[]).is_some_and(|r| r.is_ok()));
+        assert!(decode_args(p::CONNECT_GET_VERSION, &[0; 4]).is_some_and(|r| r.is_err()));
+        // DOMAIN_LOOKUP_BY_ID: one int.
+        let id = 7i32.to_be_bytes();
+        let again = decode_args(p::DOMAIN_LOOKUP_BY_ID, &id).and_then(Result::ok);
+        assert_eq!(again.as_deref(), Some(&id[..]));
+        // CONNECT_OPEN: an optional string, then flags.
+        let open = [0, 0, 0, 1, 0, 0, 0, 1, b'x', 0, 0, 0, 0, 0, 0, 2];
+        let again = decode_args(p::CONNECT_OPEN, &open).and_then(Result::ok);
+        assert_eq!(again.as_deref(), Some(&open[..]));
+        for &n in IMPLEMENTED {
+            assert!(decode_args(n, &[0; 3]).is_some_and(|r| r.is_err()), "{n}");
+        }
+    }
 
     /// Every read-only-ok row of the table with `secret_flags` has its refusal; a table
     /// regenerated with a new such row fails here until `check_secret_flags` handles it.
