@@ -154,3 +154,82 @@ async fn reattach_to_a_guest_that_is_not_our_child() {
     assert!(group_processes(pid).is_empty());
     assert_no_zombies_soon().await;
 }
+
+/// A session leader of our own, as a guest is spawned, that never answers on a mconsole.
+fn session_leader() -> process::ReapedChild {
+    let mut cmd = Command::new("sleep");
+    cmd.arg("60").stdin(Stdio::null());
+    // SAFETY: runs in the forked child before exec and only calls setsid, which is
+    // async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    process::spawn_reaped(&mut cmd).expect("spawn sleep")
+}
+
+/// The two halves of finding again a guest whose start was cut short, without a kernel: a
+/// process that never answers on its mconsole stands for a guest that never becomes ready.
+/// The quick half refuses wrong identities at once; the slow half gives up when the start's
+/// time is up, or as soon as the process ends, and leaves the killing to the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_guest_that_never_becomes_ready() {
+    process::become_subreaper().expect("subreaper");
+    let dir = TestDir::new("starting");
+    let uml_dir = dir.path().join("uml");
+    let child = session_leader();
+    let _guard = GuestGuard(child.pid);
+    let (pid, start) = (child.pid, process::start_time_of(child.pid).unwrap());
+
+    match process::find_starting(pid, start + 1, "st", &uml_dir) {
+        Err(Error::Mismatch { .. }) => {}
+        other => panic!("wrong start time: {other:?}"),
+    }
+    let me = std::process::id() as i32;
+    let my_start = process::start_time_of(me).unwrap();
+    match process::find_starting(me, my_start, "st", &uml_dir) {
+        Err(Error::Mismatch { .. }) => {}
+        other => panic!("not a session leader: {other:?}"),
+    }
+
+    // Never ready: given up once `ready_timeout` has passed since the process started.
+    let g = process::find_starting(pid, start, "st", &uml_dir).expect("find_starting");
+    let t = Instant::now();
+    match process::finish_starting(&g, &[], Duration::from_secs(1)).await {
+        Err(Error::Startup { .. }) => {}
+        other => panic!("never ready: {other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(g.is_alive(), "finish_starting kills nothing");
+    g.kill(Duration::from_millis(200)).await.expect("kill");
+    assert!(!g.is_alive());
+    assert!(group_processes(pid).is_empty());
+
+    // Ends while waited for: reported at once, not at the deadline.
+    let child = session_leader();
+    let _guard = GuestGuard(child.pid);
+    let (pid, start) = (child.pid, process::start_time_of(child.pid).unwrap());
+    let g = process::find_starting(pid, start, "st", &uml_dir).expect("find_starting");
+    let t = Instant::now();
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        child.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+    };
+    let (result, ()) = tokio::join!(
+        process::finish_starting(&g, &[], Duration::from_secs(30)),
+        killer
+    );
+    match result {
+        Err(Error::NotRunning { .. }) => {}
+        other => panic!("ended: {other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(child.wait().await, ExitInfo::Signaled(nix::libc::SIGKILL));
+    match process::find_starting(pid, start, "st", &uml_dir) {
+        Err(Error::NotRunning { .. }) => {}
+        other => panic!("gone: {other:?}"),
+    }
+}

@@ -706,8 +706,7 @@ pub async fn reattach(
 }
 
 /// [`reattach`] for a guest that may still be booting (its daemon died while starting it):
-/// first waits until its mconsole answers, at most until `ready_timeout` after the process
-/// started. Fails at once if `pid` is not that process or the process ends.
+/// [`find_starting`], then [`finish_starting`].
 pub async fn reattach_starting(
     pid: i32,
     start_time: u64,
@@ -716,10 +715,28 @@ pub async fn reattach_starting(
     pty_devices: &[String],
     ready_timeout: Duration,
 ) -> Result<Guest, Error> {
+    let starting = find_starting(pid, start_time, umid, uml_dir)?;
+    finish_starting(&starting, pty_devices, ready_timeout).await
+}
+
+/// The quick half of [`reattach_starting`]: checks, without asking the guest anything,
+/// that `pid` is alive, started at `start_time` and leads its own session and process
+/// group (a guest is spawned that way, and its daemon records it only once spawned), and
+/// returns a handle on it. The handle is enough to wait for the process's exit or to
+/// [`Guest::kill`] it with its helpers, but not to drive it: its mconsole may not answer
+/// yet, and nothing confirms yet that UML runs under `umid` (see [`finish_starting`]).
+pub fn find_starting(
+    pid: i32,
+    start_time: u64,
+    umid: &str,
+    uml_dir: &Path,
+) -> Result<Guest, Error> {
     validate_umid(umid)?;
     let pidfd = reaper::pidfd_open(pid).map_err(|_| Error::NotRunning { pid })?;
-    match procfs::read_stat(pid) {
-        Some(st) if st.starttime == start_time && !st.is_zombie() => {}
+    // Read after opening the pidfd: if the start time matches now, the pidfd is that
+    // process and not a later one with a recycled pid.
+    let st = match procfs::read_stat(pid) {
+        Some(st) if st.starttime == start_time && !st.is_zombie() => st,
         Some(st) if st.starttime != start_time => {
             return Err(Error::Mismatch {
                 pid,
@@ -730,24 +747,65 @@ pub async fn reattach_starting(
             })
         }
         _ => return Err(Error::NotRunning { pid }),
+    };
+    if st.pgrp != pid || st.session != pid {
+        return Err(Error::Mismatch {
+            pid,
+            reason: "not the leader of its own session and process group".into(),
+        });
     }
-    let age = procfs::age(start_time).unwrap_or_default();
+    Ok(Guest {
+        pid,
+        start_time,
+        umid: umid.to_owned(),
+        uml_dir: uml_dir.to_owned(),
+        mconsole_path: uml_dir.join(umid).join("mconsole"),
+        ptys: Vec::new(),
+        pidfd: Arc::new(pidfd),
+        exit: reaper::lookup(pid),
+    })
+}
+
+/// The slow half of [`reattach_starting`]: waits until the mconsole of the guest
+/// [`find_starting`] found answers, at most until `ready_timeout` after the process
+/// started, then [`reattach`]es to it. Fails as soon as the process ends. On failure the
+/// guest is left as it is: killing it is the caller's decision.
+pub async fn finish_starting(
+    starting: &Guest,
+    pty_devices: &[String],
+    ready_timeout: Duration,
+) -> Result<Guest, Error> {
+    let pid = starting.pid;
+    let age = procfs::age(starting.start_time).unwrap_or_default();
     let deadline = Instant::now() + ready_timeout.saturating_sub(age);
-    let mc = Mconsole::for_umid(uml_dir, umid).with_timeout(READY_POLL_TIMEOUT);
-    while mc.version().await.is_err() {
-        if pidfd_exited(&pidfd) {
-            return Err(Error::NotRunning { pid });
+    let mc = Mconsole::new(&starting.mconsole_path).with_timeout(READY_POLL_TIMEOUT);
+    let answered = async {
+        while mc.version().await.is_err() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(READY_POLL).await;
         }
-        if Instant::now() >= deadline {
+        true
+    };
+    tokio::select! {
+        answered = answered => if !answered {
             return Err(Error::Startup {
-                umid: umid.to_owned(),
+                umid: starting.umid.clone(),
                 failure: StartupFailure::Timeout(ready_timeout),
                 log_tail: String::new(),
             });
-        }
-        tokio::time::sleep(READY_POLL).await;
+        },
+        _ = starting.wait_exit() => return Err(Error::NotRunning { pid }),
     }
-    reattach(pid, start_time, umid, uml_dir, pty_devices).await
+    reattach(
+        pid,
+        starting.start_time,
+        &starting.umid,
+        &starting.uml_dir,
+        pty_devices,
+    )
+    .await
 }
 
 /// Kills every process running with `uml_dir` in its argv that belongs to none of the
