@@ -31,7 +31,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{call_header, guest_image, guest_leaders, guest_pids, guest_xml, wait_until, Daemon};
+use support::{
+    call_header, guest_image, guest_leaders, guest_pids, guest_xml, python_ok, wait_until, Daemon,
+};
 use virtumld_protocol::error::RemoteError;
 use virtumld_protocol::frame;
 use virtumld_protocol::header::{MessageType, Status};
@@ -681,4 +683,315 @@ fn crash_loop(clients_start: bool) {
     assert!(d.virsh_ok(&["list", "--name"]).trim().is_empty());
     assert!(d.stop(), "the daemon did not stop cleanly");
     eprintln!("crash safety: {:?}", begun.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------
+// A start cut short by a kill, one at a time: the kill lands between the guest's spawn and
+// its readiness, so the next daemon finds a provisional status (`ready='0'`). It listens at
+// once and completes the start in the background, the domain meanwhile as during any start.
+// ---------------------------------------------------------------------------------------
+
+/// How long a restarted daemon may take to answer a client when it has no reason to wait.
+const ANSWER_AT_ONCE: Duration = Duration::from_secs(3);
+
+fn define_guest(d: &Daemon, name: &str) {
+    let root = d.root.path();
+    let img = guest_image(root, name);
+    let f = root.join(format!("{name}.xml"));
+    std::fs::write(&f, guest_xml(name, &img)).unwrap();
+    d.virsh_ok(&["define", &f.display().to_string()]);
+}
+
+fn domstate(d: &Daemon, name: &str) -> String {
+    d.virsh_ok(&["domstate", name, "--reason"])
+        .trim()
+        .to_string()
+}
+
+fn wait_domstate(d: &Daemon, name: &str, want: &str, within: Duration) {
+    let ok = wait_until(within, || domstate(d, name) == want);
+    assert!(
+        ok,
+        "{name} never reached '{want}' (now '{}')\n{}",
+        domstate(d, name),
+        support::tail(&d.log(), 30)
+    );
+}
+
+/// Runs `virsh start NAME EXTRA` and SIGKILLs the daemon as soon as the guest's provisional
+/// status is written: spawned, not ready. Returns the guest's main pid.
+fn kill_during_start(d: &mut Daemon, name: &str, extra: &[&str]) -> i32 {
+    let root = d.root.path().to_path_buf();
+    let uri = d.tcp_uri();
+    let mut args = vec!["start".to_string(), name.to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let client = std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        support::virsh(&uri, &args)
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !status_starting(&root, name) {
+        assert!(
+            Instant::now() < deadline,
+            "no provisional status for {name}\n{}",
+            support::tail(&d.log(), 20)
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    d.kill9();
+    let out = client.join().expect("virsh thread");
+    assert!(
+        !out.status.success(),
+        "the start of {name} completed before the kill"
+    );
+    assert!(
+        status_starting(&root, name),
+        "{name}: provisional status gone"
+    );
+    let pid = status_pid(&root, name).expect("the provisional status names a pid");
+    assert_eq!(
+        guest_mains(&root).get(&pid).map(String::as_str),
+        Some(name),
+        "{name} (pid {pid}) is not running after the kill"
+    );
+    pid
+}
+
+/// The end of the guest's log (its kernel's output while it boots).
+fn guest_log(d: &Daemon, name: &str) -> String {
+    let log = d
+        .root
+        .path()
+        .join(format!("var/log/libvirt/uml/{name}.log"));
+    support::tail(&std::fs::read_to_string(log).unwrap_or_default(), 40)
+}
+
+/// Restarts the daemon and returns how long it took to answer `virsh version`.
+fn restart_and_ask(d: &mut Daemon) -> Duration {
+    let t = Instant::now();
+    d.spawn();
+    d.virsh_ok(&["version"]);
+    t.elapsed()
+}
+
+/// Signals the guest's main process alone. (Not its group: early in its boot UML checks
+/// ptrace on children of its own, which a SIGSTOP to the whole group makes fail.)
+fn signal_main(pid: i32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("kill");
+}
+
+/// The guest's console answers a command, through python3-libvirt's console stream.
+fn console_answers(d: &Daemon, name: &str, tag: &str) {
+    let script = format!(
+        r#"
+import libvirt, os, time
+c = libvirt.open(os.environ["URI"])
+dom = c.lookupByName("{name}")
+st = c.newStream(0)
+dom.openConsole(None, st, 0)
+# Enter makes the shell show its prompt (the boot may be long over).
+st.send(b"\r")
+got = b""
+while b"guest# " not in got:
+    d = st.recv(4096)
+    if not d:
+        raise SystemExit("end of stream before the prompt: %r" % got[-300:])
+    got += d
+time.sleep(0.3)
+st.send(b"echo {tag}-$((6*7))\r")
+while b"{tag}-42" not in got:
+    d = st.recv(4096)
+    if not d:
+        raise SystemExit("end of stream: %r" % got[-300:])
+    got += d
+st.finish()
+print("ok")
+"#
+    );
+    assert!(python_ok(&d.tcp_uri(), &script).contains("ok"));
+}
+
+/// Every process of the root's guests belongs to one of the guests the daemon lists as
+/// running, which are exactly `want` (main pid → name).
+fn assert_only_guests(d: &Daemon, want: &BTreeMap<i32, String>) {
+    let root = d.root.path();
+    let mains = guest_mains(root);
+    assert_eq!(&mains, want, "guest processes");
+    assert_eq!(
+        unclaimed(root, &mains),
+        Vec::<i32>::new(),
+        "stray processes"
+    );
+    let listed: BTreeSet<String> = d
+        .virsh_ok(&["list", "--name"])
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    assert_eq!(listed, want.values().cloned().collect(), "virsh list");
+}
+
+/// `virsh start --paused` cut short: the new daemon completes the start, so the guest ends
+/// paused (same process), sends the start's events, resumes and has a working console.
+#[test]
+fn sigkill_during_a_paused_start_leaves_the_guest_paused() {
+    use nix::sys::signal::Signal;
+    let begun = Instant::now();
+    let mut d = Daemon::start();
+    let name = "cs-paused";
+    define_guest(&d, name);
+    let pid = kill_during_start(&mut d, name, &["--paused"]);
+    // Held in its boot, so that a client can watch the start complete.
+    signal_main(pid, Signal::SIGSTOP);
+    let answered = restart_and_ask(&mut d);
+    eprintln!("the restarted daemon answered after {answered:?}");
+    assert!(
+        answered < ANSWER_AT_ONCE,
+        "the daemon answered after {answered:?}"
+    );
+    // Meanwhile the domain is as during any start: not active yet.
+    assert_eq!(domstate(&d, name), "shut off (unknown)");
+    assert!(d.virsh_ok(&["list", "--name"]).trim().is_empty());
+    // A client sees the start's events; it lets the guest go on booting once registered.
+    let script = format!(
+        r#"
+import libvirt, os, signal, threading, time
+libvirt.virEventRegisterDefaultImpl()
+seen = []
+def loop():
+    while True:
+        libvirt.virEventRunDefaultImpl()
+threading.Thread(target=loop, daemon=True).start()
+c = libvirt.open(os.environ["URI"])
+def cb(conn, dom, event, detail, opaque):
+    seen.append((dom.name(), event, detail))
+c.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, cb, None)
+os.kill({pid}, signal.SIGCONT)
+deadline = time.time() + 30
+while len(seen) < 2 and time.time() < deadline:
+    time.sleep(0.1)
+time.sleep(0.5)
+print(seen)
+print("state", c.lookupByName("{name}").state())
+"#
+    );
+    let printed = python_ok(&d.tcp_uri(), &script);
+    assert!(
+        printed.contains(&format!("[('{name}', 2, 0), ('{name}', 3, 0)]")),
+        "started and suspended events expected: {printed}\n{}",
+        support::tail(&d.log(), 30)
+    );
+    assert!(printed.contains("state [3, 1]"), "{printed}");
+    assert_eq!(domstate(&d, name), "paused (user)");
+    assert_eq!(status_pid(d.root.path(), name), Some(pid));
+    assert!(
+        !status_starting(d.root.path(), name),
+        "status still provisional"
+    );
+    assert_only_guests(&d, &BTreeMap::from([(pid, name.to_string())]));
+    d.virsh_ok(&["resume", name]);
+    assert_eq!(domstate(&d, name), "running (unpaused)");
+    console_answers(&d, name, "paused");
+    assert_only_guests(&d, &BTreeMap::from([(pid, name.to_string())]));
+    d.virsh_ok(&["destroy", name]);
+    assert!(wait_until(Duration::from_secs(10), || guest_pids(
+        d.root.path()
+    )
+    .is_empty()));
+    assert!(d.stop(), "the daemon did not stop cleanly");
+    eprintln!(
+        "paused start completed by the next daemon: {:?}",
+        begun.elapsed()
+    );
+}
+
+/// A plain start cut short: the next daemon answers at once, while the guest is still
+/// booting (held stopped here, so that the order is certain), and the guest then ends
+/// running, same process.
+#[test]
+fn sigkill_during_a_start_does_not_delay_the_next_daemon() {
+    use nix::sys::signal::Signal;
+    let begun = Instant::now();
+    let mut d = Daemon::start();
+    let name = "cs-boot";
+    define_guest(&d, name);
+    let pid = kill_during_start(&mut d, name, &[]);
+    signal_main(pid, Signal::SIGSTOP);
+    let answered = restart_and_ask(&mut d);
+    eprintln!("the restarted daemon answered after {answered:?}");
+    assert!(
+        answered < ANSWER_AT_ONCE,
+        "the daemon answered after {answered:?}"
+    );
+    assert!(
+        status_starting(d.root.path(), name),
+        "the start completed already"
+    );
+    assert_eq!(domstate(&d, name), "shut off (unknown)");
+    // Calls on the domain wait for the start, as during any start: here a second start,
+    // issued while the guest is still held, and refused by the daemon once it is up.
+    let uri = d.tcp_uri();
+    let second = std::thread::spawn(move || support::virsh(&uri, &["start", name]));
+    std::thread::sleep(Duration::from_secs(1));
+    signal_main(pid, Signal::SIGCONT);
+    let second = second.join().expect("virsh thread");
+    assert!(
+        !second.status.success(),
+        "a second start succeeded\n{}\nguest log:\n{}",
+        support::tail(&d.log(), 40),
+        guest_log(&d, name)
+    );
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("already running"), "{err}");
+    assert_eq!(domstate(&d, name), "running (booted)");
+    assert_eq!(status_pid(d.root.path(), name), Some(pid));
+    assert!(!status_starting(d.root.path(), name));
+    assert_only_guests(&d, &BTreeMap::from([(pid, name.to_string())]));
+    console_answers(&d, name, "booted");
+    d.virsh_ok(&["destroy", name]);
+    assert!(wait_until(Duration::from_secs(10), || guest_pids(
+        d.root.path()
+    )
+    .is_empty()));
+    assert!(d.stop(), "the daemon did not stop cleanly");
+    eprintln!("start completed by the next daemon: {:?}", begun.elapsed());
+}
+
+/// A provisional status whose guest never becomes ready (stopped for good) delays nothing:
+/// the daemon answers at once, and once the start's time is up the guest is killed, helpers
+/// included, and the domain is shut off (failed); it starts again normally.
+#[test]
+fn a_start_that_never_completes_ends_shut_off_failed() {
+    use nix::sys::signal::Signal;
+    let begun = Instant::now();
+    let mut d = Daemon::start();
+    let name = "cs-stuck";
+    define_guest(&d, name);
+    let pid = kill_during_start(&mut d, name, &[]);
+    signal_main(pid, Signal::SIGSTOP);
+    let answered = restart_and_ask(&mut d);
+    eprintln!("the restarted daemon answered after {answered:?}");
+    assert!(
+        answered < ANSWER_AT_ONCE,
+        "the daemon answered after {answered:?}"
+    );
+    assert_eq!(domstate(&d, name), "shut off (unknown)");
+    // The start's 30 s run from the guest's spawn.
+    wait_domstate(&d, name, "shut off (failed)", Duration::from_secs(40));
+    let root = d.root.path();
+    assert!(
+        wait_until(Duration::from_secs(5), || guest_pids(root).is_empty()),
+        "processes left: {:?}",
+        guest_pids(root)
+    );
+    assert!(!root.join(format!("run/libvirt/uml/{name}.xml")).exists());
+    assert!(!root.join("run/libvirt/uml-guest").join(name).exists());
+    eprintln!("failed after {:?}", begun.elapsed());
+    d.virsh_ok(&["start", name]);
+    assert_eq!(domstate(&d, name), "running (booted)");
+    console_answers(&d, name, "again");
+    d.virsh_ok(&["destroy", name]);
+    assert!(d.stop(), "the daemon did not stop cleanly");
+    eprintln!("a start that never completes: {:?}", begun.elapsed());
 }

@@ -32,6 +32,9 @@ const DESTROY_GRACE: Duration = Duration::from_secs(10);
 const PUMP_DRAIN: Duration = Duration::from_millis(500);
 /// For a graceful destroy, how long SIGTERM alone may take.
 const GRACEFUL_WAIT: Duration = Duration::from_secs(30);
+/// SIGTERM → SIGKILL grace for a guest whose start a previous daemon began and that
+/// cannot be completed (as `launch` gives a guest that failed to start).
+const FAILED_START_GRACE: Duration = Duration::from_secs(1);
 
 /// Console lines' slaves are inherited by the guest from this descriptor number up.
 const FIRST_LINE_FD: i32 = 3;
@@ -500,7 +503,7 @@ impl Driver {
                 Err(e) => tracing::error!("ignoring unreadable definition {name}.xml: {e}"),
             }
         }
-        let (max_id, keep) = self.reattach_all().await;
+        let (max_id, keep, starting) = self.reattach_all().await;
         self.0.next_id.store(max_id + 1, Ordering::Relaxed);
         // Whatever runs with our uml_dir and is not a guest just reattached was left by a
         // previous daemon (a start it did not record, a guest it did not finish killing, a
@@ -513,24 +516,51 @@ impl Driver {
             Ok(_) => {}
             Err(e) => tracing::error!("cannot kill stray guest processes: {e}"),
         }
+        // Autostart comes after every reattach, as it always did: a guest whose interrupted
+        // start cannot be completed is shut off by then, and autostart boots it afresh.
         let driver = self.clone();
-        tokio::spawn(async move { driver.autostart_all().await });
+        tokio::spawn(async move {
+            for task in starting {
+                if let Err(e) = task.await {
+                    tracing::error!("completing an interrupted start failed: {e}");
+                }
+            }
+            driver.autostart_all().await
+        });
     }
 
-    /// Reattaches every guest a status file names, all at once (a guest whose start was
-    /// cut short may need a moment to boot). Returns the highest id and the main pids of
-    /// the guests reattached; a status whose guest is gone is removed.
-    async fn reattach_all(&self) -> (i32, Vec<i32>) {
+    /// Reattaches every guest a status file names, all at once. A guest whose start had not
+    /// completed (`ready='0'`) may still be booting: it is only checked here, and its
+    /// start is completed by a task of its own (`adopt_start`), which this returns, so
+    /// that the daemon does not wait for it to listen. Returns the highest id, the main
+    /// pids of the guests reattached or being so, and those tasks; a status whose guest is
+    /// gone is removed.
+    async fn reattach_all(&self) -> (i32, Vec<i32>, Vec<tokio::task::JoinHandle<()>>) {
         let mut tasks = tokio::task::JoinSet::new();
-        for (name, _) in xml_files(&self.0.paths.domain_state_dir) {
+        let (mut max_id, mut keep, mut starting) = (0, Vec::new(), Vec::new());
+        for (name, text) in xml_files(&self.0.paths.domain_state_dir) {
+            let path = self.status_path(&name);
+            let status = match Status::parse(&text) {
+                Some(s) if !s.ready => {
+                    match self.adopt_start(s) {
+                        Ok((id, pid, task)) => {
+                            max_id = max_id.max(id);
+                            keep.push(pid);
+                            starting.push(task);
+                        }
+                        // The start cannot be completed: it failed.
+                        Err(why) => self.lost_at_restart(&name, &path, &why, shutoff::FAILED),
+                    }
+                    continue;
+                }
+                s => s,
+            };
             let driver = self.clone();
             tasks.spawn(async move {
-                let path = driver.status_path(&name);
-                let result = driver.reattach(&name, Status::load(&path)).await;
+                let result = driver.reattach(&name, status).await;
                 (name, path, result)
             });
         }
-        let (mut max_id, mut keep) = (0, Vec::new());
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok((_, _, Ok((id, pid)))) => {
@@ -538,21 +568,25 @@ impl Driver {
                     keep.push(pid);
                 }
                 Ok((name, path, Err(why))) => {
-                    tracing::warn!(domain = %name, "guest did not survive the restart: {why}");
-                    let _ = persist::remove(&path);
-                    if let Ok(obj) = self.by_name(&name) {
-                        obj.data().state = StateReason::new(st::SHUTOFF, shutoff::UNKNOWN);
-                    }
+                    self.lost_at_restart(&name, &path, &why, shutoff::UNKNOWN)
                 }
                 Err(e) => tracing::error!("reattaching a guest failed: {e}"),
             }
         }
-        (max_id, keep)
+        (max_id, keep, starting)
     }
 
-    /// Finds the guest of one status file again; returns its id and main pid. A guest
-    /// whose start had not completed gets the rest of the start's time to become ready
-    /// and, if it was to start paused, is paused now.
+    /// A status whose guest cannot be found again: removed, the domain shut off for
+    /// `reason`. What is left of the guest is killed as a stray.
+    fn lost_at_restart(&self, name: &str, path: &std::path::Path, why: &str, reason: i32) {
+        tracing::warn!(domain = %name, "guest did not survive the restart: {why}");
+        let _ = persist::remove(path);
+        if let Ok(obj) = self.by_name(name) {
+            obj.data().state = StateReason::new(st::SHUTOFF, reason);
+        }
+    }
+
+    /// Finds the guest of one ready status file again; returns its id and main pid.
     async fn reattach(
         &self,
         name: &str,
@@ -562,34 +596,10 @@ impl Driver {
         let def = Arc::new(domxml::parse(&status.xml).map_err(|e| e.to_string())?);
         let uml_dir = &self.0.paths.uml_dir;
         let (pid, start_time, umid) = (status.pid, status.start_time, &status.umid);
-        let guest = if status.ready {
-            process::reattach(pid, start_time, umid, uml_dir, &[]).await
-        } else {
-            process::reattach_starting(pid, start_time, umid, uml_dir, &[], READY_TIMEOUT).await
-        }
-        .map_err(|e| e.to_string())?;
-        if !status.ready && status.state.state == st::PAUSED {
-            guest
-                .mconsole()
-                .stop()
-                .await
-                .map_err(|e| format!("cannot pause the guest: {e}"))?;
-        }
-        // Take each line's master back from the guest, which kept a copy for us.
-        let mut ptys = Vec::new();
-        for l in &status.lines {
-            match guest.take_fd(l.guest_fd) {
-                Ok(master) => ptys.push(Line {
-                    alias: l.alias.clone(),
-                    guest_fd: l.guest_fd,
-                    path: l.path.clone(),
-                    master,
-                }),
-                Err(e) => {
-                    tracing::error!(domain = %name, line = %l.alias, "cannot recover the console: {e}")
-                }
-            }
-        }
+        let guest = process::reattach(pid, start_time, umid, uml_dir, &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        let ptys = take_lines(name, &guest, &status.lines);
         let obj = match self.by_name(name) {
             Ok(o) => o,
             Err(_) => {
@@ -607,9 +617,97 @@ impl Driver {
             intent: None,
             generation: self.0.next_generation.fetch_add(1, Ordering::Relaxed),
         };
-        tracing::info!(domain = %name, id = status.id, ready = status.ready, "reattached to running guest");
+        tracing::info!(domain = %name, id = status.id, "reattached to running guest");
         self.install(&obj, live, status.state);
         Ok((status.id, pid))
+    }
+
+    /// Takes over a start a previous daemon began and did not complete (its status says
+    /// `ready='0'`): checks at once that the process it names is still that guest, then
+    /// puts the domain where a start in progress has it (inactive, its job held, the
+    /// transient object a `create_xml` inserts) and leaves the rest of the start to a task:
+    /// wait until the guest is ready, pause it if it was started paused, install it, send
+    /// the start's events. Returns the guest's id and main pid, and the task.
+    fn adopt_start(
+        &self,
+        status: Status,
+    ) -> std::result::Result<(i32, i32, tokio::task::JoinHandle<()>), String> {
+        let def = Arc::new(domxml::parse(&status.xml).map_err(|e| e.to_string())?);
+        let uml_dir = &self.0.paths.uml_dir;
+        let starting = process::find_starting(status.pid, status.start_time, &status.umid, uml_dir)
+            .map_err(|e| e.to_string())?;
+        let (obj, _) = self.find_or_insert(&def).map_err(|e| e.message)?;
+        // Nobody else can hold it yet: no client is connected, and autostart waits for us.
+        let job = obj.take_job().ok_or("the domain is busy")?;
+        let (id, pid) = (status.id, status.pid);
+        tracing::info!(domain = %obj.name, id, pid, "completing a start the previous daemon began");
+        let driver = self.clone();
+        let task = tokio::spawn(async move {
+            let _job = job;
+            if let Err(why) = driver.complete_start(&obj, &status, def, &starting).await {
+                tracing::warn!(domain = %obj.name, "the interrupted start failed: {why}");
+                driver.fail_start(&obj, &starting).await;
+            }
+        });
+        Ok((id, pid, task))
+    }
+
+    /// The rest of an adopted start (see `adopt_start`); the caller holds the job.
+    async fn complete_start(
+        &self,
+        obj: &Arc<DomainObj>,
+        status: &Status,
+        def: Arc<DomainDef>,
+        starting: &process::Guest,
+    ) -> std::result::Result<(), String> {
+        let guest = process::finish_starting(starting, &[], READY_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let start_paused = status.state.state == st::PAUSED;
+        if start_paused {
+            guest
+                .mconsole()
+                .stop()
+                .await
+                .map_err(|e| format!("cannot pause the guest: {e}"))?;
+        }
+        let ptys = take_lines(&obj.name, &guest, &status.lines);
+        // Nobody pumped these lines yet (a start does once the guest is ready): their logs
+        // start here, as on any start.
+        let pumps = start_pumps(&def, ptys, false);
+        let live = Live {
+            def,
+            id: status.id,
+            guest,
+            pumps,
+            intent: None,
+            generation: self.0.next_generation.fetch_add(1, Ordering::Relaxed),
+        };
+        tracing::info!(domain = %obj.name, id = status.id, "reattached to a guest that completed its start");
+        self.install(obj, live, status.state);
+        self.emit_lifecycle(obj, event::STARTED, event::STARTED_BOOTED);
+        if start_paused {
+            self.emit_lifecycle(obj, event::SUSPENDED, event::SUSPENDED_PAUSED);
+        }
+        Ok(())
+    }
+
+    /// An adopted start that cannot be completed ends as a failed start does: the guest
+    /// and its helpers killed, the status removed, the domain shut off (failed), a
+    /// transient one dropped. The caller holds the job.
+    async fn fail_start(&self, obj: &Arc<DomainObj>, starting: &process::Guest) {
+        if let Err(e) = starting.kill(FAILED_START_GRACE).await {
+            tracing::error!(domain = %obj.name, "cleaning up a failed start: {e}");
+        }
+        let _ = persist::remove(&self.status_path(&obj.name));
+        let transient = {
+            let mut d = obj.data();
+            d.state = StateReason::new(st::SHUTOFF, shutoff::FAILED);
+            d.config.is_none()
+        };
+        if transient {
+            self.remove(obj);
+        }
     }
 
     async fn autostart_all(&self) {
@@ -635,6 +733,25 @@ fn is_zombie(pid: i32) -> bool {
         .ok()
         .and_then(|s| Some(s.rsplit_once(')')?.1.trim_start().starts_with('Z')))
         .unwrap_or(false)
+}
+
+/// Takes each line's master back from the guest, which kept a copy for us.
+fn take_lines(name: &str, guest: &process::Guest, lines: &[SavedLine]) -> Vec<Line> {
+    let mut ptys = Vec::new();
+    for l in lines {
+        match guest.take_fd(l.guest_fd) {
+            Ok(master) => ptys.push(Line {
+                alias: l.alias.clone(),
+                guest_fd: l.guest_fd,
+                path: l.path.clone(),
+                master,
+            }),
+            Err(e) => {
+                tracing::error!(domain = %name, line = %l.alias, "cannot recover the console: {e}")
+            }
+        }
+    }
+    ptys
 }
 
 /// A console line's pty: the daemon's master, the guest's spare copy of it, the path.

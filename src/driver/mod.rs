@@ -134,7 +134,8 @@ struct Data {
 pub struct DomainObj {
     pub name: String,
     pub uuid: [u8; 16],
-    job: tokio::sync::Mutex<()>,
+    /// Shared so that a job can also be held by a task that owns it (see `take_job`).
+    job: Arc<tokio::sync::Mutex<()>>,
     data: Mutex<Data>,
 }
 
@@ -149,7 +150,7 @@ impl DomainObj {
         Arc::new(DomainObj {
             name,
             uuid,
-            job: tokio::sync::Mutex::new(()),
+            job: Arc::new(tokio::sync::Mutex::new(())),
             data: Mutex::new(Data {
                 config,
                 live: None,
@@ -188,6 +189,16 @@ impl DomainObj {
             return Err(no_domain_uuid(&self.uuid, &self.name));
         }
         Ok(guard)
+    }
+
+    /// The job at once, as a guard a spawned task can own; None while another job runs.
+    fn take_job(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.job.clone().try_lock_owned().ok()
+    }
+
+    /// Whether a job (a start in progress, a stop, …) holds the domain now.
+    fn busy(&self) -> bool {
+        self.job.try_lock().is_err()
     }
 }
 
@@ -296,8 +307,12 @@ impl Driver {
         self.index().by_name.values().cloned().collect()
     }
 
+    /// Whether a guest runs, or a job may be about to start one (a start in progress, or
+    /// one a previous daemon began and this one is completing).
     pub fn has_running_guests(&self) -> bool {
-        self.all().iter().any(|o| o.data().live.is_some())
+        self.all()
+            .iter()
+            .any(|o| o.data().live.is_some() || o.busy())
     }
 
     // ---- lookups -------------------------------------------------------------------

@@ -9,10 +9,12 @@
 //!
 //! It is first written, with `ready='0'`, right after the guest's process is spawned and
 //! before it has booted, so that a daemon killed during a start leaves the guest known to
-//! its successor; it is rewritten with `ready='1'` once the start has completed. A file
-//! without `ready` (older daemons wrote it only when ready) counts as ready.
+//! its successor; it is rewritten with `ready='1'` once the start has completed. The
+//! successor completes such a start in the background, the domain meanwhile as during any
+//! start (`Driver::adopt_start`), so a guest still booting does not delay its listening. A
+//! file without `ready` (older daemons wrote it only when ready) counts as ready.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::driver::state::StateReason;
 
@@ -103,10 +105,6 @@ impl Status {
                 Some(_) => return None,
             },
         })
-    }
-
-    pub fn load(path: &Path) -> Option<Status> {
-        Status::parse(&std::fs::read_to_string(path).ok()?)
     }
 }
 
