@@ -32,9 +32,6 @@ const DESTROY_GRACE: Duration = Duration::from_secs(10);
 const PUMP_DRAIN: Duration = Duration::from_millis(500);
 /// For a graceful destroy, how long SIGTERM alone may take.
 const GRACEFUL_WAIT: Duration = Duration::from_secs(30);
-/// SIGTERM → SIGKILL grace for a guest whose start a previous daemon began and that
-/// cannot be completed (as `launch` gives a guest that failed to start).
-const FAILED_START_GRACE: Duration = Duration::from_secs(1);
 
 /// Console lines' slaves are inherited by the guest from this descriptor number up.
 const FIRST_LINE_FD: i32 = 3;
@@ -696,7 +693,7 @@ impl Driver {
     /// and its helpers killed, the status removed, the domain shut off (failed), a
     /// transient one dropped. The caller holds the job.
     async fn fail_start(&self, obj: &Arc<DomainObj>, starting: &process::Guest) {
-        if let Err(e) = starting.kill(FAILED_START_GRACE).await {
+        if let Err(e) = starting.kill(process::FAILED_START_GRACE).await {
             tracing::error!(domain = %obj.name, "cleaning up a failed start: {e}");
         }
         let _ = persist::remove(&self.status_path(&obj.name));

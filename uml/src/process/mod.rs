@@ -60,9 +60,9 @@ pub const PTY_GRACE: Duration = Duration::from_millis(500);
 const PTY_RETRY: Duration = Duration::from_millis(20);
 /// After SIGKILL, how long [`Guest::kill`] waits for the group to vanish before giving up.
 const KILL_WAIT: Duration = Duration::from_secs(5);
-/// Grace given to a guest that failed to start.
-const FAILED_START_GRACE: Duration = Duration::from_secs(1);
-/// How often [`reattach_starting`] asks a booting guest's mconsole, and how long each try
+/// SIGTERM → SIGKILL grace given to a guest that failed to start.
+pub const FAILED_START_GRACE: Duration = Duration::from_secs(1);
+/// How often [`finish_starting`] asks a booting guest's mconsole, and how long each try
 /// may take.
 const READY_POLL: Duration = Duration::from_millis(50);
 const READY_POLL_TIMEOUT: Duration = Duration::from_millis(500);
@@ -705,21 +705,8 @@ pub async fn reattach(
     Ok(guest)
 }
 
-/// [`reattach`] for a guest that may still be booting (its daemon died while starting it):
-/// [`find_starting`], then [`finish_starting`].
-pub async fn reattach_starting(
-    pid: i32,
-    start_time: u64,
-    umid: &str,
-    uml_dir: &Path,
-    pty_devices: &[String],
-    ready_timeout: Duration,
-) -> Result<Guest, Error> {
-    let starting = find_starting(pid, start_time, umid, uml_dir)?;
-    finish_starting(&starting, pty_devices, ready_timeout).await
-}
-
-/// The quick half of [`reattach_starting`]: checks, without asking the guest anything,
+/// For a guest that may still be booting (its daemon died while starting it), the quick
+/// first step of reattaching: checks, without asking the guest anything,
 /// that `pid` is alive, started at `start_time` and leads its own session and process
 /// group (a guest is spawned that way, and its daemon records it only once spawned), and
 /// returns a handle on it. The handle is enough to wait for the process's exit or to
@@ -766,7 +753,7 @@ pub fn find_starting(
     })
 }
 
-/// The slow half of [`reattach_starting`]: waits until the mconsole of the guest
+/// The slow second step after [`find_starting`]: waits until the mconsole of the guest
 /// [`find_starting`] found answers, at most until `ready_timeout` after the process
 /// started, then [`reattach`]es to it. Fails as soon as the process ends. On failure the
 /// guest is left as it is: killing it is the caller's decision.
