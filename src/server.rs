@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn, Instrument};
 
@@ -308,26 +308,18 @@ impl Server {
             listeners,
             socket_paths,
         } = self;
-        let limit = Arc::new(Semaphore::new(daemon.config.max_clients));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut accepters = JoinSet::new();
-        let connections = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
         for l in listeners {
-            accepters.spawn(accept_loop(
-                daemon.clone(),
-                l,
-                limit.clone(),
-                stop_rx.clone(),
-                connections.clone(),
-            ));
+            accepters.spawn(accept_loop(daemon.clone(), l, stop_rx.clone()));
         }
         wait_for_stop(&daemon, shutdown, idle_timeout).await;
         info!("shutting down");
         let _ = stop_tx.send(true);
         while accepters.join_next().await.is_some() {}
-        let mut conns = connections.lock().await;
-        let drain = async { while conns.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(30), drain)
+        daemon.close_connections();
+        // Every connection task holds its client's place until it ends.
+        if tokio::time::timeout(Duration::from_secs(30), daemon.clients_gone())
             .await
             .is_err()
         {
@@ -363,13 +355,7 @@ async fn wait_for_stop(
     }
 }
 
-async fn accept_loop(
-    daemon: Arc<Daemon>,
-    listener: Listener,
-    limit: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-    connections: Arc<tokio::sync::Mutex<JoinSet<()>>>,
-) {
+async fn accept_loop(daemon: Arc<Daemon>, listener: Listener, mut stop: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
             a = accept(&daemon, &listener) => a,
@@ -378,8 +364,8 @@ async fn accept_loop(
         // At the client limit the accepted client waits unserved, and this listener
         // accepts nobody else, until a client leaves. (Taking the place before accept()
         // would let every idle listener hold one.)
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        let place = tokio::select! {
+            p = daemon.client_place() => p,
             _ = stop.changed() => return,
         };
         let (reader_writer, transport, peer) = match accepted {
@@ -393,60 +379,46 @@ async fn accept_loop(
         };
         let d = daemon.clone();
         let mut stop = stop.clone();
-        let guard = daemon.client_guard();
-        let task = async move {
-            let _permit = permit;
-            let _guard = guard;
-            match reader_writer {
-                // Each transport's connection future is boxed at its own size: unboxed, every
-                // idle connection's task would be as large as the largest (TLS) branch.
-                // Borrowed halves (`split`, not `into_split`): no shared allocation.
-                Stream::Unix(mut s) => {
-                    Box::pin(async move {
-                        let (r, w) = s.split();
-                        connection::serve(d, r, w, transport, peer, stop).await
-                    })
-                    .await
-                }
-                Stream::Admin(s) => Box::pin(crate::admin::serve(s, peer, stop)).await,
-                Stream::Tcp(mut s) => {
-                    let _ = s.set_nodelay(true);
-                    Box::pin(async move {
-                        let (r, w) = s.split();
-                        connection::serve(d, r, w, transport, peer, stop).await
-                    })
-                    .await
-                }
-                Stream::Tls(s, tls) => {
-                    Box::pin(async move {
-                        let _ = s.set_nodelay(true);
-                        // The handshake runs in the connection's own task, under a timeout: a
-                        // slow or hostile client delays nobody else.
-                        let span = tracing::info_span!("tls", %peer);
-                        let handshake = tokio::select! {
-                            r = tls.accept(s).instrument(span.clone()) => r,
-                            _ = stop.changed() => return,
-                        };
-                        match handshake {
-                            Ok((s, dn)) => {
-                                if let Some(dn) = &dn {
-                                    span.in_scope(|| info!("client certificate DN '{dn}'"));
-                                }
-                                let (r, w) = tokio::io::split(s);
-                                let transport = Transport::Tls { dn };
-                                connection::serve(d, r, w, transport, peer, stop).await
-                            }
-                            Err(e) => span.in_scope(|| warn!("closing TLS connection: {e}")),
-                        }
-                    })
-                    .await
-                }
+        // Each connection is its own task, as small as its transport allows: the TCP and
+        // UNIX ones are nothing but `connection::serve`, which idles on the stream itself
+        // (no split halves, no box around it). The task holds the client's place.
+        match reader_writer {
+            Stream::Unix(s) => {
+                tokio::spawn(connection::serve(d, s, transport, peer, place));
             }
-        };
-        let mut conns = connections.lock().await;
-        // Reap finished connections so the set does not grow with history.
-        while conns.try_join_next().is_some() {}
-        conns.spawn(task);
+            Stream::Tcp(s) => {
+                let _ = s.set_nodelay(true);
+                tokio::spawn(connection::serve(d, s, transport, peer, place));
+            }
+            Stream::Admin(s) => {
+                tokio::spawn(async move {
+                    let _place = place;
+                    crate::admin::serve(s, peer, stop).await
+                });
+            }
+            Stream::Tls(s, tls) => {
+                tokio::spawn(async move {
+                    let _ = s.set_nodelay(true);
+                    // The handshake runs in the connection's own task, under a timeout: a
+                    // slow or hostile client delays nobody else.
+                    let span = tracing::info_span!("tls", %peer);
+                    let handshake = tokio::select! {
+                        r = tls.accept(s).instrument(span.clone()) => r,
+                        _ = stop.changed() => return,
+                    };
+                    match handshake {
+                        Ok((s, dn)) => {
+                            if let Some(dn) = &dn {
+                                span.in_scope(|| info!("client certificate DN '{dn}'"));
+                            }
+                            let transport = Transport::Tls { dn };
+                            connection::serve(d, s, transport, peer, place).await
+                        }
+                        Err(e) => span.in_scope(|| warn!("closing TLS connection: {e}")),
+                    }
+                });
+            }
+        }
     }
 }
 

@@ -190,7 +190,7 @@ fn finish(ctx: &Ctx<'_>, session: Session) -> Reply<()> {
         let layer = session.into_layer().map_err(|e| fail(ctx, &e))?;
         ctx.client.auth.activate(ctx.serial, layer);
     }
-    let _ = ctx.client.auth.username.set(user.clone());
+    ctx.client.auth.set_username(user.clone());
     ctx.client.set_authenticated();
     info!(peer = %ctx.client.auth.peer, "SASL authentication succeeded: user '{user}', SSF {ssf}");
     Ok(())

@@ -1,11 +1,10 @@
 //! Per-connection state that dispatch reads: identity of the transport, authentication
 //! phase, whether CONNECT_OPEN happened and how, keepalive, and the outgoing queue.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
-use tokio::sync::Notify;
 
 use super::outbox::Outbox;
 use super::sasl::ClientAuth;
@@ -33,6 +32,22 @@ impl Transport {
     }
 }
 
+/// Set in `Client::calls` while the connection task waits for a call to finish.
+const WANT_SLOT: usize = 1 << (usize::BITS - 1);
+
+/// One of the connection's `max_client_requests` places, held while a call is in
+/// service (also when its task panics); a finished call wakes a connection task that
+/// waits for a place.
+pub struct CallSlot(Arc<Client>);
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        if self.0.calls.fetch_sub(1, Ordering::AcqRel) & WANT_SLOT != 0 {
+            self.0.outbox.wake();
+        }
+    }
+}
+
 /// What CONNECT_OPEN established.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Opened {
@@ -49,8 +64,9 @@ pub struct Client {
     keepalive: AtomicBool,
     /// Set by `request_close`.
     close: AtomicBool,
-    /// Wakes the connection loop: keepalive was switched on or a close was requested.
-    wake: Notify,
+    /// Calls in service (`CallSlot`s), plus `WANT_SLOT` while the connection task waits
+    /// for one to finish.
+    calls: AtomicUsize,
     pub streams: Streams,
     /// The listener's authentication method and the SASL exchange's state.
     pub auth: ClientAuth,
@@ -68,7 +84,7 @@ impl Client {
             opened: Mutex::new(None),
             keepalive: AtomicBool::new(false),
             close: AtomicBool::new(false),
-            wake: Notify::new(),
+            calls: AtomicUsize::new(0),
             streams: Streams::default(),
         }
     }
@@ -112,23 +128,38 @@ impl Client {
     /// The client asked about the keepalive feature, so it can answer PINGs.
     pub fn enable_keepalive(&self) {
         if !self.keepalive.swap(true, Ordering::AcqRel) {
-            self.wake.notify_one();
+            self.outbox.wake();
         }
     }
 
     /// Asks the connection loop to close the connection.
     pub fn request_close(&self) {
         self.close.store(true, Ordering::Release);
-        self.wake.notify_one();
+        self.outbox.wake();
     }
 
     pub fn close_requested(&self) -> bool {
         self.close.load(Ordering::Acquire)
     }
 
-    /// Waits for `enable_keepalive` or `request_close`.
-    pub async fn woken(&self) {
-        self.wake.notified().await
+    /// A place for one more call when fewer than `max` are in service.
+    pub fn try_call_slot(self: &Arc<Self>, max: usize) -> Option<CallSlot> {
+        self.calls
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n & !WANT_SLOT < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(CallSlot(self.clone()))
+    }
+
+    /// For the connection task, after registering with the outbox: calls in service, and
+    /// from now on a wake-up when one finishes (until `no_slot_wanted`).
+    pub fn want_slot(&self) -> usize {
+        self.calls.fetch_or(WANT_SLOT, Ordering::AcqRel) & !WANT_SLOT
+    }
+
+    pub fn no_slot_wanted(&self) {
+        self.calls.fetch_and(!WANT_SLOT, Ordering::AcqRel);
     }
 
     /// Queues a whole encoded message; waits while the queue is full so a client that
@@ -140,5 +171,47 @@ impl Client {
     /// Queues a message without waiting; false when the queue is full or closed.
     pub fn try_send(&self, msg: BytesMut) -> bool {
         self.outbox.try_send(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::task::{Wake, Waker};
+
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn call_slots_are_bounded_and_a_finished_call_wakes_a_waiting_connection() {
+        let c = Arc::new(Client::new(
+            1,
+            Transport::Tcp,
+            AuthMethod::None,
+            "tcp:x".into(),
+        ));
+        let a = c.try_call_slot(2).expect("first");
+        let b = c.try_call_slot(2).expect("second");
+        assert!(c.try_call_slot(2).is_none());
+        let flag = Arc::new(Flag::default());
+        c.outbox.register(&Waker::from(flag.clone()));
+        // Not waiting for a slot: no wake-up.
+        drop(a);
+        assert!(!flag.0.load(Ordering::SeqCst));
+        let a = c.try_call_slot(2).expect("freed");
+        assert_eq!(c.want_slot(), 2);
+        drop(b);
+        assert!(flag.0.load(Ordering::SeqCst));
+        c.no_slot_wanted();
+        assert!(c.try_call_slot(2).is_some());
+        drop(a);
+        assert_eq!(c.want_slot(), 0);
     }
 }

@@ -1,13 +1,19 @@
 //! One client connection: reads whole messages, answers keepalive PINGs in the read path,
 //! runs each CALL as its own task (so replies may go out of order and a slow call never
-//! delays a PONG), and writes what call tasks, events and streams queue in the connection's outbox.
+//! delays a PONG), and writes what call tasks, events and streams queue in the connection's
+//! outbox. An idle connection is one small task: its state, no buffer, no timer (unless
+//! keepalive is on or it has not authenticated) and no pending future.
 
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 use virtumld_protocol::error::{code, domain, RemoteError};
@@ -21,11 +27,10 @@ use virtumld_protocol::limits::{
 };
 
 use crate::config::AuthMethod;
-use crate::daemon::Daemon;
+use crate::daemon::{ClientGuard, Daemon};
 use crate::remote;
-use crate::rpc::client::{Client, Transport};
-use crate::rpc::outbox::Outbox;
-use crate::rpc::sasl::{SecurityLayer, SwitchSlot};
+use crate::rpc::client::{CallSlot, Client, Transport};
+use crate::rpc::sasl::SecurityLayer;
 use crate::rpc::stream;
 
 /// Replies coalesced into one write when several are ready.
@@ -39,7 +44,7 @@ const PENDING_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Calls waiting for an in-flight slot, in arrival order.
 #[derive(Default)]
 struct Pending {
-    calls: std::collections::VecDeque<(Header, Bytes)>,
+    calls: VecDeque<(Header, Bytes)>,
     bytes: usize,
 }
 
@@ -58,235 +63,443 @@ impl Pending {
         self.bytes -= c.1.len();
         Some(c)
     }
+
+    /// An idle connection keeps no queue storage from its last burst.
+    fn shrink_when_empty(&mut self) {
+        if self.calls.is_empty() && self.calls.capacity() > 0 {
+            self.calls = VecDeque::new();
+        }
+    }
 }
 
 /// Serves one connection until the peer leaves, the daemon shuts down or the connection
-/// breaks a framing rule. In-flight calls finish before the writer closes.
-pub async fn serve<R, W>(
+/// breaks a framing rule. In-flight calls finish before the connection closes. `place`
+/// (the client's place) is given back with the connection.
+///
+/// The returned future is the connection's whole task: kept small, because every idle
+/// connection holds one. While it waits it holds no future of its own: `Conn::poll_io`
+/// polls the socket, the timers and the outbox's waker slot directly.
+pub fn serve<S>(
     daemon: Arc<Daemon>,
-    mut reader: R,
-    mut writer: W,
+    io: S,
     transport: Transport,
     peer: String,
-    mut shutdown: watch::Receiver<bool>,
-) where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    place: ClientGuard,
+) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let id = daemon.next_connection_id();
     let span = tracing::info_span!("conn", id, %peer);
+    let cfg = &daemon.config;
+    let auth = match transport {
+        Transport::Unix { read_only: true } => cfg.auth_unix_ro,
+        Transport::Unix { read_only: false } => cfg.auth_unix_rw,
+        Transport::Tcp => cfg.auth_tcp,
+        Transport::Tls { .. } => cfg.auth_tls,
+    };
+    let flushes = matches!(transport, Transport::Tls { .. });
+    let client = Arc::new(Client::new(id, transport, auth, peer));
+    daemon.register_connection(&client);
+    // Given back when `Conn` drops.
+    place.into_connection();
+    let conn = Conn {
+        daemon,
+        client,
+        io,
+        out: Output::new(flushes),
+        buf: BytesMut::new(),
+        decoding: false,
+        pending: Pending::default(),
+        ticker: None,
+        read_since_tick: false,
+        pings_sent: 0,
+        slot_wanted: false,
+        anonymous: false,
+        auth_deadline: None,
+    };
+    run(conn).instrument(span)
+}
+
+/// Everything a connection keeps between two events. Unregisters from the daemon when
+/// dropped.
+struct Conn<S> {
+    daemon: Arc<Daemon>,
+    client: Arc<Client>,
+    io: S,
+    out: Output,
+    /// Plaintext read and not yet handled: at most a part of one message while waiting,
+    /// and no storage at all when empty (reads go through the stack until a message is
+    /// under way).
+    buf: BytesMut,
+    /// Authentication completed with a SASL security layer: every read is decoded (with
+    /// `client.auth.read_layer()`) into `buf`.
+    decoding: bool,
+    pending: Pending,
+    /// The next keepalive tick, once the client turned keepalive on (most raw clients
+    /// never do); re-armed one interval later each time it fires.
+    ticker: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Something was read since the last tick (that is, within the last interval).
+    read_since_tick: bool,
+    pings_sent: u32,
+    /// `Client::want_slot` is set: finished calls wake this task.
+    slot_wanted: bool,
+    /// The client holds one of the max_anonymous_clients places until it authenticates,
+    /// and has a bounded time (boxed: an idle authenticated connection keeps no timer) to
+    /// do so (libvirtd has no such timeout).
+    anonymous: bool,
+    auth_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> Conn<S> {
+    fn leave_anonymous(&mut self) {
+        if std::mem::take(&mut self.anonymous) {
+            self.daemon.anonymous_place_left();
+        }
+        self.auth_deadline = None;
+    }
+}
+
+impl<S> Drop for Conn<S> {
+    fn drop(&mut self) {
+        self.leave_anonymous();
+        self.client.outbox.unregister();
+        self.daemon.unregister_connection(self.client.id);
+        self.daemon.client_left();
+    }
+}
+
+/// What the connection loop does after an event.
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// Reads are at most this large while no message is under way: they land on the stack,
+/// so an idle connection keeps no read buffer.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The connection's life. Not an `async fn`: its argument would be kept twice in the
+/// future (as the argument and as the body's copy), and every idle connection would pay
+/// for both.
+#[allow(clippy::manual_async_fn)]
+fn run<S>(mut c: Conn<S>) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     async move {
         info!("client connected");
-        let cfg = &daemon.config;
-        let auth = match transport {
-            Transport::Unix { read_only: true } => cfg.auth_unix_ro,
-            Transport::Unix { read_only: false } => cfg.auth_unix_rw,
-            Transport::Tcp => cfg.auth_tcp,
-            Transport::Tls { .. } => cfg.auth_tls,
-        };
-        let flushes = matches!(transport, Transport::Tls { .. });
-        let client = Arc::new(Client::new(id, transport, auth, peer.clone()));
-        let mut out = Output::new(client.auth.switch_slot(), flushes);
-        // SASL security layer on input, once authentication completed with one: raw bytes
-        // from the peer collect there and decode into `buf`. Boxed: most connections
-        // never have one.
-        let mut decoding: Option<Box<(Arc<SecurityLayer>, BytesMut)>> = None;
-        let max_requests = daemon.config.max_client_requests;
-        let inflight = Arc::new(Semaphore::new(max_requests));
-
-        let mut buf = BytesMut::new();
-        let ka = Keepalive::new(
-            daemon.config.keepalive_interval,
-            daemon.config.keepalive_count,
-        );
-        let mut last_rx = Instant::now();
-        let mut pings_sent = 0u32;
-        // Created when the client turns keepalive on (most raw clients never do).
-        let mut ticker: Option<tokio::time::Interval> = None;
-        let mut pending = Pending::default();
-        // A client that has not authenticated counts against max_anonymous_clients and
-        // gets a bounded time to do so (libvirtd has no such timeout).
-        // At the limit the connection waits unread, as if libvirtd had not accepted it.
-        let mut anonymous = None;
-        let mut stopping = false;
-        if !client.is_authenticated() {
-            tokio::select! {
-                g = daemon.anonymous_place() => anonymous = Some(g),
-                _ = shutdown.changed() => stopping = true,
+        if !c.client.is_authenticated() {
+            // At the limit the connection waits unread, as if libvirtd had not accepted it.
+            // Boxed: only clients of listeners that require authentication wait here.
+            let client = &c.client;
+            let place = Box::pin(async {
+                tokio::select! {
+                    _ = c.daemon.anonymous_place() => true,
+                    _ = poll_fn(|cx| {
+                        client.outbox.register(cx.waker());
+                        if client.close_requested() { Poll::Ready(()) } else { Poll::Pending }
+                    }) => false,
+                }
+            })
+            .await;
+            if place {
+                // Given back by `leave_anonymous`.
+                c.anonymous = true;
+                let timeout = Duration::from_secs(c.daemon.config.pre_auth_timeout);
+                c.auth_deadline = Some(Box::pin(tokio::time::sleep(timeout)));
             }
         }
-        let pre_auth_timeout = Duration::from_secs(daemon.config.pre_auth_timeout);
-        // Boxed, and only for anonymous clients: an idle authenticated connection keeps
-        // no timer.
-        let mut auth_deadline = anonymous
-            .is_some()
-            .then(|| Box::pin(tokio::time::sleep(pre_auth_timeout)));
 
         'conn: loop {
-            if stopping {
+            if c.client.close_requested() {
                 break;
             }
-            if anonymous.is_some() && client.is_authenticated() {
-                anonymous = None;
-                auth_deadline = None;
+            if c.anonymous && c.client.is_authenticated() {
+                c.leave_anonymous();
             }
-            if decoding.is_none() {
-                if let Some(layer) = client.auth.read_layer() {
+            if !c.decoding {
+                if let Some(layer) = c.client.auth.read_layer() {
                     // Everything after the call that completed authentication is wrapped
                     // (the peer sends nothing before the reply, so normally nothing).
-                    decoding = Some(Box::new((layer.clone(), buf.split())));
-                }
-            }
-            if let Some(d) = &mut decoding {
-                let (layer, raw) = &mut **d;
-                if !raw.is_empty() {
-                    if let Err(e) = layer.decode(raw, &mut buf) {
+                    let layer = layer.clone();
+                    let raw = c.buf.split();
+                    if let Err(e) = layer.decode(&raw, &mut c.buf) {
                         warn!("closing connection: {e}");
                         break 'conn;
                     }
-                    raw.clear();
+                    c.decoding = true;
                 }
             }
             // Handle every whole message already buffered.
-            while !pending.full() {
-                let cap = if client.is_authenticated() {
-                    MESSAGE_MAX
-                } else if client.auth.method == AuthMethod::Sasl {
-                    MESSAGE_PRE_AUTH_SASL_MAX
-                } else {
-                    MESSAGE_INITIAL
-                };
-                let len = match frame::message_len(&buf, cap) {
-                    Ok(Some(len)) => len,
+            // Not while the outbox is over its limit: each message read may add a reply
+            // (a big one, for a call answered here) beyond it.
+            while !c.pending.full() && !c.client.outbox.is_full() {
+                let msg = match c.next_message() {
+                    Ok(Some(m)) => m,
                     Ok(None) => break,
                     Err(e) => {
                         warn!("closing connection: {e}");
                         break 'conn;
                     }
                 };
-                if buf.len() < len {
-                    // Grow only for the message being read, never by what a peer merely claims
-                    // beyond the phase cap (checked above).
-                    buf.reserve(len - buf.len());
-                    break;
-                }
-                let msg = buf.split_to(len).freeze();
-                if !on_message(&daemon, &client, &inflight, &mut pending, msg).await {
-                    break 'conn;
+                let mut wait = on_message(&c.daemon, &c.client, &mut c.pending, msg);
+                if let Some(w) = &mut wait {
+                    w.await;
                 }
             }
-            if let Err(e) = out.refill(&client.outbox) {
+            // Calls that waited for a place, in arrival order.
+            while !c.pending.calls.is_empty() {
+                let max = c.daemon.config.max_client_requests;
+                let Some(slot) = c.client.try_call_slot(max) else {
+                    break;
+                };
+                if let Some((header, msg)) = c.pending.pop() {
+                    spawn_call(&c.daemon, &c.client, slot, header, msg);
+                }
+            }
+            if let Err(e) = c.out.refill(&c.client) {
                 warn!("closing connection: {e}");
                 break 'conn;
             }
-            let target = match &mut decoding {
-                Some(d) => {
-                    d.1.reserve(16 * 1024);
-                    &mut d.1
-                }
-                None => &mut buf,
-            };
-            tokio::select! {
-                permit = inflight.clone().acquire_owned(), if !pending.calls.is_empty() => {
-                    match (permit, pending.pop()) {
-                        (Ok(permit), Some((header, msg))) => {
-                            spawn_call(&daemon, &client, permit, header, msg)
-                        }
-                        _ => break,
-                    }
-                }
-                w = out.step(&mut writer, &client.outbox) => {
-                    if let Err(e) = w {
-                        debug!("write error: {e}");
-                        client.outbox.close();
-                        break;
-                    }
-                }
-                // A client that does not read its replies stops being read too.
-                r = reader.read_buf(target), if !pending.full() && !client.outbox.is_full() => match r {
-                    Ok(0) => {
-                        if !buf.is_empty() {
-                            debug!("peer closed mid-message ({} bytes pending)", buf.len());
-                        }
-                        break;
-                    }
-                    Ok(_) => {
-                        last_rx = Instant::now();
-                        pings_sent = 0;
-                    }
-                    Err(e) => {
-                        debug!("read error: {e}");
-                        break;
-                    }
-                },
-                _ = tick(&mut ticker) => {
-                    if last_rx.elapsed() >= ka.interval {
-                        if pings_sent >= ka.count {
-                            info!("closing connection: no answer to {pings_sent} keepalive pings");
-                            break;
-                        }
-                        pings_sent += 1;
-                        client.try_send(keepalive_message(KEEPALIVE_PROC_PING));
-                    }
-                }
-                _ = client.woken() => {
-                    if client.close_requested() {
-                        break;
-                    }
-                    if ka.enabled && ticker.is_none() && client.keepalive_enabled() {
-                        let first = Instant::now() + ka.interval;
-                        let mut t = tokio::time::interval_at(first, ka.interval);
-                        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                        ticker = Some(t);
-                    }
-                }
-                _ = expiry(&mut auth_deadline) => {
-                    info!("closing connection: not authenticated within {} s", pre_auth_timeout.as_secs());
-                    break;
-                }
-                _ = shutdown.changed() => break,
+            c.pending.shrink_when_empty();
+            if let Flow::Close = poll_fn(|cx| c.poll_io(cx)).await {
+                break;
             }
         }
 
         // Let in-flight calls finish and their replies go out, then close.
-        drop(anonymous);
-        let calls_done = async {
-            let _ = inflight.acquire_many(max_requests as u32).await;
-        };
-        let mut open = out.drain(&mut writer, &client.outbox, calls_done).await;
-        client.streams.clear();
-        remote::disconnected(&daemon, &client);
+        c.leave_anonymous();
+        c.ticker = None;
+        c.buf = BytesMut::new();
+        let mut open = true;
+        poll_fn(|cx| c.poll_drain(cx, true, &mut open)).await;
+        c.client.streams.clear();
+        remote::disconnected(&c.daemon, &c.client);
         if open {
-            open = out.drain(&mut writer, &client.outbox, async {}).await;
+            poll_fn(|cx| c.poll_drain(cx, false, &mut open)).await;
         }
-        client.outbox.close();
+        c.client.outbox.close();
         if open {
-            let _ = writer.shutdown().await;
+            let _ = c.io.shutdown().await;
         }
         info!("client disconnected");
     }
-    .instrument(span)
-    .await
 }
 
-/// The next tick of the keepalive timer; never, while there is none.
-async fn tick(ticker: &mut Option<tokio::time::Interval>) {
-    match ticker {
-        Some(t) => {
-            t.tick().await;
+impl<S> Conn<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// The next whole message in `buf`, if there is one; an error breaks a framing rule.
+    fn next_message(&mut self) -> Result<Option<Bytes>, String> {
+        let cap = if self.client.is_authenticated() {
+            MESSAGE_MAX
+        } else if self.client.auth.method == AuthMethod::Sasl {
+            MESSAGE_PRE_AUTH_SASL_MAX
+        } else {
+            MESSAGE_INITIAL
+        };
+        let Some(len) = frame::message_len(&self.buf, cap).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        if self.buf.len() < len {
+            // Grow only for the message being read, never by what a peer merely claims
+            // beyond the phase cap (checked above).
+            self.buf.reserve(len - self.buf.len());
+            return Ok(None);
         }
-        None => std::future::pending().await,
+        let msg = self.buf.split_to(len).freeze();
+        if self.buf.is_empty() {
+            // Let the next read start afresh rather than keep this storage alive.
+            self.buf = BytesMut::new();
+        }
+        Ok(Some(msg))
+    }
+
+    /// Waits for something to do: room for a waiting call, bytes to write or written, a
+    /// read, a keepalive tick, the end of the pre-authentication time, a close request.
+    /// Registers with the outbox first and then checks, so no wake-up is lost.
+    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Flow> {
+        let Conn {
+            daemon,
+            client,
+            io,
+            out,
+            buf,
+            decoding,
+            pending,
+            ticker,
+            read_since_tick,
+            pings_sent,
+            slot_wanted,
+            auth_deadline,
+            ..
+        } = self;
+        let queued = client.outbox.register(cx.waker());
+        if client.close_requested() {
+            return Poll::Ready(Flow::Continue);
+        }
+        let mut progress = false;
+        if pending.calls.is_empty() {
+            if *slot_wanted {
+                client.no_slot_wanted();
+                *slot_wanted = false;
+            }
+        } else {
+            *slot_wanted = true;
+            if client.want_slot() < daemon.config.max_client_requests {
+                progress = true;
+            }
+        }
+        let ka = Keepalive::of(&daemon.config);
+        if ka.enabled && ticker.is_none() && client.keepalive_enabled() {
+            *ticker = Some(Box::pin(tokio::time::sleep(ka.interval)));
+            *read_since_tick = false;
+        }
+        match out.poll_step(cx, io) {
+            Poll::Ready(Ok(())) => progress = true,
+            Poll::Ready(Err(e)) => {
+                debug!("write error: {e}");
+                client.outbox.close();
+                return Poll::Ready(Flow::Close);
+            }
+            Poll::Pending => {}
+        }
+        if queued && out.idle() {
+            progress = true;
+        }
+        // A client that does not read its replies stops being read too.
+        if !pending.full() && !client.outbox.is_full() {
+            let layer = if *decoding {
+                client.auth.read_layer().map(|l| &**l)
+            } else {
+                None
+            };
+            match poll_read(cx, io, buf, layer) {
+                Poll::Ready(Ok(true)) => {
+                    *read_since_tick = true;
+                    *pings_sent = 0;
+                    progress = true;
+                }
+                Poll::Ready(Ok(false)) => {
+                    if !buf.is_empty() {
+                        debug!("peer closed mid-message ({} bytes pending)", buf.len());
+                    }
+                    return Poll::Ready(Flow::Close);
+                }
+                Poll::Ready(Err(())) => return Poll::Ready(Flow::Close),
+                Poll::Pending => {}
+            }
+        }
+        if let Some(t) = ticker {
+            if t.as_mut().poll(cx).is_ready() {
+                // Ticks come one interval apart (later under load, never sooner), so a
+                // read since the last one is a read within the interval.
+                t.as_mut().reset(Instant::now() + ka.interval);
+                if !std::mem::take(read_since_tick) {
+                    if *pings_sent >= ka.count {
+                        info!("closing connection: no answer to {pings_sent} keepalive pings");
+                        return Poll::Ready(Flow::Close);
+                    }
+                    *pings_sent += 1;
+                    client.try_send(keepalive_message(KEEPALIVE_PROC_PING));
+                }
+                progress = true;
+            }
+        }
+        if let Some(d) = auth_deadline {
+            if d.as_mut().poll(cx).is_ready() {
+                info!(
+                    "closing connection: not authenticated within {} s",
+                    daemon.config.pre_auth_timeout
+                );
+                return Poll::Ready(Flow::Close);
+            }
+        }
+        if progress {
+            Poll::Ready(Flow::Continue)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Writes until the outbox is empty and, with `wait_calls`, every call in service has
+    /// finished. `open` turns false when the peer is gone (then it only waits for the
+    /// calls).
+    fn poll_drain(&mut self, cx: &mut Context<'_>, wait_calls: bool, open: &mut bool) -> Poll<()> {
+        let client = &*self.client;
+        client.outbox.register(cx.waker());
+        loop {
+            if *open {
+                if let Err(e) = self.out.refill(client) {
+                    warn!("closing connection: {e}");
+                    client.outbox.close();
+                    *open = false;
+                }
+            }
+            if *open {
+                match self.out.poll_step(cx, &mut self.io) {
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(e)) => {
+                        debug!("write error: {e}");
+                        client.outbox.close();
+                        *open = false;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            let calls_done = !wait_calls || client.want_slot() == 0;
+            if calls_done && (!*open || self.out.idle()) {
+                return Poll::Ready(());
+            }
+            return Poll::Pending;
+        }
     }
 }
 
-/// The end of the pre-authentication time; never, for a client that has no deadline.
-async fn expiry(deadline: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
-    match deadline {
-        Some(d) => d.as_mut().await,
-        None => std::future::pending().await,
+/// One read: true when bytes arrived (decoded into `buf` with a security layer), false at
+/// the end of the stream; an error is logged.
+fn poll_read<S: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    io: &mut S,
+    buf: &mut BytesMut,
+    decoding: Option<&SecurityLayer>,
+) -> Poll<Result<bool, ()>> {
+    if decoding.is_none() && !buf.is_empty() {
+        // A message under way: read straight into the room reserved for it.
+        let read = std::pin::pin!(io.read_buf(buf));
+        return match ready!(read.poll(cx)) {
+            Ok(n) => Poll::Ready(Ok(n > 0)),
+            Err(e) => {
+                debug!("read error: {e}");
+                Poll::Ready(Err(()))
+            }
+        };
     }
+    let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut rb = ReadBuf::uninit(&mut chunk);
+    if let Err(e) = ready!(Pin::new(io).poll_read(cx, &mut rb)) {
+        debug!("read error: {e}");
+        return Poll::Ready(Err(()));
+    }
+    let got = rb.filled();
+    if got.is_empty() {
+        return Poll::Ready(Ok(false));
+    }
+    match decoding {
+        None => buf.extend_from_slice(got),
+        Some(layer) => {
+            if let Err(e) = layer.decode(got, buf) {
+                warn!("closing connection: {e}");
+                return Poll::Ready(Err(()));
+            }
+        }
+    }
+    Poll::Ready(Ok(true))
 }
 
+/// Keepalive settings, from the configuration.
 struct Keepalive {
     enabled: bool,
     interval: Duration,
@@ -294,26 +507,30 @@ struct Keepalive {
 }
 
 impl Keepalive {
-    fn new(interval: i64, count: u32) -> Keepalive {
+    fn of(cfg: &crate::config::Config) -> Keepalive {
         Keepalive {
-            enabled: interval > 0,
-            interval: Duration::from_secs(interval.max(1) as u64),
-            count,
+            enabled: cfg.keepalive_interval > 0,
+            interval: Duration::from_secs(cfg.keepalive_interval.max(1) as u64),
+            count: cfg.keepalive_count,
         }
     }
 }
 
-/// Handles one whole message; false closes the connection.
-async fn on_message(
-    daemon: &Arc<Daemon>,
-    client: &Arc<Client>,
-    inflight: &Arc<Semaphore>,
+/// What the connection task still has to wait for after `on_message`: an inline call's
+/// reply, or room in a stream's queue. Boxed: held inline, the dispatch future (as large as
+/// the largest handler's) would make every idle connection that much bigger.
+type Wait<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Handles one whole message, or says what is left to wait for.
+fn on_message<'a>(
+    daemon: &'a Arc<Daemon>,
+    client: &'a Arc<Client>,
     pending: &mut Pending,
     msg: Bytes,
-) -> bool {
+) -> Option<Wait<'a>> {
     let header = match frame::split(&msg) {
         Ok((h, _)) => h,
-        Err(_) => return false, // cannot happen: the length is at least a header
+        Err(_) => return None, // cannot happen: the length is at least a header
     };
     if header.program == KEEPALIVE_PROGRAM
         && header.version == KEEPALIVE_PROTOCOL_VERSION
@@ -322,9 +539,9 @@ async fn on_message(
         if header.kind == MessageType::MESSAGE && header.procedure == KEEPALIVE_PROC_PING {
             // Answered here, never behind calls.
             client.outbox.force(keepalive_message(KEEPALIVE_PROC_PONG));
-            return true;
+            return None;
         }
-        return true; // PONGs only prove liveness, which the read already recorded.
+        return None; // PONGs only prove liveness, which the read already recorded.
     }
     let known_program =
         header.program == REMOTE_PROGRAM && header.version == REMOTE_PROTOCOL_VERSION;
@@ -340,10 +557,10 @@ async fn on_message(
                 ),
             );
             client.outbox.force(remote::error_reply(&header, &err));
-            return true;
+            return None;
         }
         debug!(?header, "dropping message for an unknown program");
-        return true;
+        return None;
     }
     match header.kind {
         MessageType::CALL => {
@@ -354,32 +571,33 @@ async fn on_message(
                     format!("Unexpected message status {}", header.status.0),
                 );
                 client.outbox.force(remote::error_reply(&header, &err));
-                return true;
+                return None;
             }
             // In order: behind calls already waiting, or at once when a slot is free.
-            match inflight.clone().try_acquire_owned() {
-                Ok(permit) if pending.calls.is_empty() => {
+            let slot = if pending.calls.is_empty() {
+                client.try_call_slot(daemon.config.max_client_requests)
+            } else {
+                None
+            };
+            match slot {
+                Some(slot) => {
                     if remote::runs_inline(header.procedure) {
                         // Answered from memory: no task, no hand-off, no wake-up.
                         let payload = msg.slice(MESSAGE_HEADER_LEN..);
-                        // Boxed: held inline, the dispatch future (as large as the largest
-                        // handler's) would make every idle connection that much bigger.
-                        let reply =
-                            Box::pin(remote::dispatch(daemon, client, &header, payload)).await;
-                        drop(permit);
-                        client.outbox.force(reply);
-                        return true;
+                        return Some(Box::pin(async move {
+                            let reply = remote::dispatch(daemon, client, &header, payload).await;
+                            drop(slot);
+                            client.outbox.force(reply);
+                        }));
                     }
-                    spawn_call(daemon, client, permit, header, msg)
+                    spawn_call(daemon, client, slot, header, msg)
                 }
-                _ => pending.push(header, msg),
+                None => pending.push(header, msg),
             }
-            true
+            None
         }
-        MessageType::STREAM => {
-            stream::route(client, &header, msg.slice(MESSAGE_HEADER_LEN..)).await;
-            true
-        }
+        MessageType::STREAM => stream::try_route(client, &header, msg.slice(MESSAGE_HEADER_LEN..))
+            .map(|w| w as Wait<'a>),
         MessageType::CALL_WITH_FDS => {
             let err = RemoteError::new(
                 code::RPC,
@@ -387,7 +605,7 @@ async fn on_message(
                 "file descriptor passing is not supported",
             );
             client.outbox.force(remote::error_reply(&header, &err));
-            true
+            None
         }
         _ => {
             // A client must not send replies or events; answer with an empty reply so a
@@ -396,7 +614,7 @@ async fn on_message(
             client
                 .outbox
                 .force(frame::encode(&header.reply(Status::OK), &()));
-            true
+            None
         }
     }
 }
@@ -405,7 +623,7 @@ async fn on_message(
 fn spawn_call(
     daemon: &Arc<Daemon>,
     client: &Arc<Client>,
-    permit: OwnedSemaphorePermit,
+    slot: CallSlot,
     header: Header,
     msg: Bytes,
 ) {
@@ -426,7 +644,7 @@ fn spawn_call(
             }
             // A stream the call opened may send once its reply is on its way.
             client.streams.activate(header.serial);
-            drop(permit);
+            drop(slot);
         }
         .instrument(span),
     );
@@ -445,26 +663,25 @@ fn keepalive_message(procedure: i32) -> BytesMut {
 }
 
 /// The connection task's writing side: the batch being written (already wrapped once a
-/// SASL security layer is active) and the switch to that layer, which the reply completing
-/// authentication arms: that reply ends its batch and goes out plain, everything after it
-/// is wrapped.
+/// SASL security layer is active) and the switch to that layer (`client.auth.read_layer()`),
+/// which the reply completing authentication arms: that reply ends its batch and goes out
+/// plain, everything after it is wrapped.
 struct Output {
     pending: BytesMut,
-    layer: Option<Arc<SecurityLayer>>,
-    next_layer: Option<Arc<SecurityLayer>>,
-    switch: SwitchSlot,
+    wrapped: bool,
+    /// Wrap from the next batch on.
+    wrap_next: bool,
     /// The transport may hold written bytes back until flushed (TLS).
     flushes: bool,
     unflushed: bool,
 }
 
 impl Output {
-    fn new(switch: SwitchSlot, flushes: bool) -> Output {
+    fn new(flushes: bool) -> Output {
         Output {
             pending: BytesMut::new(),
-            layer: None,
-            next_layer: None,
-            switch,
+            wrapped: false,
+            wrap_next: false,
             flushes,
             unflushed: false,
         }
@@ -476,49 +693,49 @@ impl Output {
     }
 
     /// Takes the next batch from the outbox once the previous one is out.
-    fn refill(&mut self, outbox: &Outbox) -> Result<(), String> {
+    fn refill(&mut self, client: &Client) -> Result<(), String> {
         if !self.idle() {
             return Ok(());
         }
-        if let Some(l) = self.next_layer.take() {
-            self.layer = Some(l);
-        }
-        let watch = self.layer.is_none();
-        let switch = &self.switch;
-        let mut armed = None;
+        self.wrapped |= std::mem::take(&mut self.wrap_next);
+        let auth = &client.auth;
+        let watch = !self.wrapped;
+        let mut armed = false;
         let stop_after = |m: &BytesMut| {
             if watch {
-                armed = switch.after(m);
+                armed = auth.switch_after(m);
             }
-            armed.is_some()
+            armed
         };
-        match &self.layer {
+        match auth.read_layer().filter(|_| self.wrapped) {
             None => {
-                outbox.take(&mut self.pending, WRITE_BATCH, stop_after);
+                client
+                    .outbox
+                    .take(&mut self.pending, WRITE_BATCH, stop_after);
             }
             Some(layer) => {
                 let mut plain = BytesMut::new();
-                outbox.take(&mut plain, WRITE_BATCH, stop_after);
+                client.outbox.take(&mut plain, WRITE_BATCH, stop_after);
                 if !plain.is_empty() {
                     layer.encode(&plain, &mut self.pending)?;
                 }
             }
         }
-        self.next_layer = armed;
+        self.wrap_next = armed;
         Ok(())
     }
 
-    /// One step of writing: part of the batch, a flush, or waiting for something to write.
-    /// Cancel-safe: the state changes only once a write or flush has completed.
-    async fn step<W: AsyncWrite + Unpin>(
+    /// One step of writing: part of the batch, or a flush. Pending, without registering
+    /// anything, when there is nothing to write.
+    fn poll_step<W: AsyncWrite + Unpin>(
         &mut self,
+        cx: &mut Context<'_>,
         w: &mut W,
-        outbox: &Outbox,
-    ) -> std::io::Result<()> {
+    ) -> Poll<std::io::Result<()>> {
         if !self.pending.is_empty() {
-            let n = w.write(&self.pending).await?;
+            let n = ready!(Pin::new(&mut *w).poll_write(cx, &self.pending))?;
             if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
             self.pending.advance(n);
             if self.pending.is_empty() {
@@ -527,46 +744,13 @@ impl Output {
                 self.pending = BytesMut::new();
             }
             self.unflushed = self.flushes;
+            Poll::Ready(Ok(()))
         } else if self.unflushed {
-            w.flush().await?;
+            ready!(Pin::new(w).poll_flush(cx))?;
             self.unflushed = false;
+            Poll::Ready(Ok(()))
         } else {
-            outbox.ready().await;
-        }
-        Ok(())
-    }
-
-    /// Writes until `until` has completed and the outbox is empty; false when the peer is
-    /// gone (then it only waits for `until`).
-    async fn drain<W: AsyncWrite + Unpin>(
-        &mut self,
-        w: &mut W,
-        outbox: &Outbox,
-        until: impl std::future::Future<Output = ()>,
-    ) -> bool {
-        tokio::pin!(until);
-        let mut done = false;
-        loop {
-            if let Err(e) = self.refill(outbox) {
-                warn!("closing connection: {e}");
-                outbox.close();
-                until.await;
-                return false;
-            }
-            if done && self.idle() {
-                return true;
-            }
-            tokio::select! {
-                _ = &mut until, if !done => done = true,
-                r = self.step(w, outbox) => if let Err(e) = r {
-                    debug!("write error: {e}");
-                    outbox.close();
-                    if !done {
-                        until.await;
-                    }
-                    return false;
-                }
-            }
+            Poll::Pending
         }
     }
 }

@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::task::Waker;
 
 use bytes::BytesMut;
 use tokio::sync::Notify;
@@ -19,8 +20,6 @@ pub const LIMIT: usize = 1024 * 1024;
 #[derive(Default)]
 pub struct Outbox {
     state: Mutex<State>,
-    /// Wakes the connection task: something to write.
-    ready: Notify,
     /// Wakes senders waiting for room.
     room: Notify,
 }
@@ -31,6 +30,10 @@ struct State {
     bytes: usize,
     /// The peer is gone: nothing more will be written.
     closed: bool,
+    /// The connection task, once it has waited: woken when another task queues a message
+    /// or calls [`Outbox::wake`]. A slot rather than a `Notify`, so the waiting connection
+    /// holds no `Notified` future: it registers here and checks its state on every poll.
+    conn: Option<Waker>,
 }
 
 /// Why `push` did not queue a message.
@@ -55,9 +58,43 @@ impl Outbox {
         }
         s.bytes += msg.len();
         s.msgs.push_back(msg);
+        // The connection task's own replies (`force`) need no wake-up: it looks at the
+        // queue before it waits again.
+        let conn = if force { None } else { s.conn.take() };
         drop(s);
-        self.ready.notify_one();
+        if let Some(w) = conn {
+            w.wake();
+        }
         Ok(())
+    }
+
+    /// For the connection task, before it waits: wake `waker` on the next message queued
+    /// by another task or the next [`Outbox::wake`]. Returns whether messages are queued
+    /// already (then it should not wait).
+    pub fn register(&self, waker: &Waker) -> bool {
+        let mut s = self.state();
+        match &s.conn {
+            Some(w) if w.will_wake(waker) => {}
+            _ => s.conn = Some(waker.clone()),
+        }
+        !s.msgs.is_empty()
+    }
+
+    /// The connection task has ended: keep nothing of it alive (a waker holds the task's
+    /// memory).
+    pub fn unregister(&self) {
+        let conn = self.state().conn.take();
+        drop(conn);
+    }
+
+    /// Wakes the connection task (a close was requested, keepalive turned on, a call
+    /// finished). It rechecks everything it waits for after registering, so a wake-up
+    /// between its check and its wait is never lost.
+    pub fn wake(&self) {
+        let conn = self.state().conn.take();
+        if let Some(w) = conn {
+            w.wake();
+        }
     }
 
     /// Queues a message, waiting while the queue is over its limit so a client that does
@@ -85,7 +122,7 @@ impl Outbox {
 
     /// Queues a message whatever the queue holds: for the connection task's own replies,
     /// which it writes itself (it stops reading while the queue is over its limit, so
-    /// this adds at most one message per call read).
+    /// this adds at most one message per call read). Wakes nobody.
     pub fn force(&self, msg: BytesMut) {
         let _ = self.push(msg, true);
     }
@@ -93,11 +130,6 @@ impl Outbox {
     /// True while the queue holds more than its limit.
     pub fn is_full(&self) -> bool {
         self.state().bytes >= LIMIT
-    }
-
-    /// Waits until something may have been queued.
-    pub async fn ready(&self) {
-        self.ready.notified().await
     }
 
     /// Takes queued messages into `out` until it holds `batch` bytes or `stop_after`
@@ -143,7 +175,7 @@ impl Outbox {
     pub fn close(&self) {
         let mut s = self.state();
         s.closed = true;
-        s.msgs.clear();
+        s.msgs = VecDeque::new();
         s.bytes = 0;
         drop(s);
         self.room.notify_waiters();
@@ -153,6 +185,50 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl Flag {
+        fn taken(&self) -> bool {
+            self.0.swap(false, Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn the_connection_is_woken_by_other_senders_not_by_its_own_replies() {
+        let o = Outbox::default();
+        let flag = Arc::new(Flag::default());
+        let waker = Waker::from(flag.clone());
+        assert!(!o.register(&waker));
+        o.force(msg(1));
+        assert!(!flag.taken());
+        assert!(o.register(&waker), "a queued message is reported");
+        assert!(o.try_send(msg(1)));
+        assert!(flag.taken());
+        // Woken once per registration.
+        assert!(o.try_send(msg(1)));
+        assert!(!flag.taken());
+        // Closing (a write error) keeps the registration: a call finishing afterwards
+        // must still wake the task that waits for it.
+        o.register(&waker);
+        o.close();
+        o.wake();
+        assert!(flag.taken());
+        o.register(&waker);
+        o.unregister();
+        o.wake();
+        assert!(!flag.taken());
+    }
 
     fn msg(n: usize) -> BytesMut {
         BytesMut::from(&vec![7u8; n][..])

@@ -550,15 +550,24 @@ pub struct ClientAuth {
     pub method: AuthMethod,
     /// `tcp:IP:PORT` / `tls:IP:PORT` / `unix:…`, as the connection logs it.
     pub peer: String,
+    /// Made by the first SASL call: a connection that never uses SASL (every connection
+    /// of a listener with another method) pays one pointer for it.
+    sasl: OnceLock<Box<SaslState>>,
+}
+
+#[derive(Default)]
+struct SaslState {
     /// Between AUTH_SASL_INIT and the end of the exchange (libvirtd's `priv->sasl`).
     negotiation: Mutex<Option<Session>>,
     /// Set when authentication completed with a security layer: the read path decodes
     /// with it from then on.
     layer: OnceLock<Arc<SecurityLayer>>,
-    /// Shared with the connection's writer.
-    switch_after: SwitchSlot,
+    /// The serial of the reply that completed authentication: the writer switches to
+    /// `layer` right after writing that reply. Armed by the AUTH_SASL_START/STEP handler
+    /// before its reply is queued, so the writer always finds it when that reply comes by.
+    switch_after: Mutex<Option<u32>>,
     failures: AtomicU32,
-    pub username: OnceLock<String>,
+    username: OnceLock<String>,
 }
 
 impl ClientAuth {
@@ -566,61 +575,60 @@ impl ClientAuth {
         ClientAuth {
             method,
             peer,
-            negotiation: Mutex::new(None),
-            layer: OnceLock::new(),
-            switch_after: SwitchSlot::default(),
-            failures: AtomicU32::new(0),
-            username: OnceLock::new(),
+            sasl: OnceLock::new(),
         }
+    }
+
+    fn sasl(&self) -> &SaslState {
+        self.sasl.get_or_init(Default::default)
     }
 
     /// The negotiation slot (AUTH_SASL_* handlers only).
     pub fn negotiation(&self) -> std::sync::MutexGuard<'_, Option<Session>> {
-        self.negotiation.lock().unwrap_or_else(|e| e.into_inner())
+        self.sasl()
+            .negotiation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Counts a failed attempt; true when the connection has used up its attempts.
     pub fn failed(&self) -> bool {
-        self.failures.fetch_add(1, Ordering::AcqRel) + 1 >= MAX_FAILURES
+        self.sasl().failures.fetch_add(1, Ordering::AcqRel) + 1 >= MAX_FAILURES
     }
 
     /// Authentication completed with a security layer: decode from now on, and encode
     /// everything written after the reply with `serial`.
     pub fn activate(&self, serial: u32, layer: SecurityLayer) {
-        let layer = Arc::new(layer);
-        let _ = self.layer.set(layer.clone());
-        *self
-            .switch_after
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some((serial, layer));
+        let sasl = self.sasl();
+        let _ = sasl.layer.set(Arc::new(layer));
+        *sasl.switch_after.lock().unwrap_or_else(|e| e.into_inner()) = Some(serial);
     }
 
-    /// What the connection's writer consults after each message.
-    pub fn switch_slot(&self) -> SwitchSlot {
-        self.switch_after.clone()
+    /// The user name SASL authenticated.
+    pub fn set_username(&self, user: String) {
+        let _ = self.sasl().username.set(user);
+    }
+
+    pub fn username(&self) -> Option<&str> {
+        self.sasl.get()?.username.get().map(String::as_str)
     }
 
     /// The layer incoming bytes go through, once active.
     pub fn read_layer(&self) -> Option<&Arc<SecurityLayer>> {
-        self.layer.get()
+        self.sasl.get()?.layer.get()
     }
-}
 
-/// The serial of the reply that completed authentication, with the layer the writer must
-/// switch to right after writing that reply. Armed by the AUTH_SASL_START/STEP handler
-/// before its reply is queued, so the writer always finds it when that reply comes by.
-#[derive(Clone, Default)]
-pub struct SwitchSlot(Arc<Mutex<Armed>>);
-
-type Armed = Option<(u32, Arc<SecurityLayer>)>;
-
-impl SwitchSlot {
-    /// For one whole outgoing message: the layer to use for everything after it, when it
-    /// is the reply that completed authentication.
-    pub fn after(&self, msg: &[u8]) -> Option<Arc<SecurityLayer>> {
-        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let (serial, _) = g.as_ref()?;
+    /// For the connection's writer, after each whole outgoing message: true when it is
+    /// the reply that completed authentication with a security layer, after which
+    /// everything is wrapped (with `read_layer`).
+    pub fn switch_after(&self, msg: &[u8]) -> bool {
+        let Some(sasl) = self.sasl.get() else {
+            return false;
+        };
+        let mut g = sasl.switch_after.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(serial) = *g else {
+            return false;
+        };
         let word = |at: usize| {
             msg.get(at..at + 4)
                 .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
@@ -628,12 +636,11 @@ impl SwitchSlot {
         // Length word, then program, version, procedure, type, serial, status.
         let is_it = word(4) == Some(REMOTE_PROGRAM)
             && word(16) == Some(MessageType::REPLY.0 as u32)
-            && word(20) == Some(*serial);
+            && word(20) == Some(serial);
         if is_it {
-            g.take().map(|(_, l)| l)
-        } else {
-            None
+            *g = None;
         }
+        is_it
     }
 }
 

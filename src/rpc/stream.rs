@@ -11,7 +11,8 @@
 //! wait on anything slower than the daemon itself to dispose of them (the console queues
 //! or drops keystrokes for a guest that does not read them).
 
-use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::{Bytes, BytesMut};
@@ -45,36 +46,50 @@ struct Slot {
     start: Option<oneshot::Sender<()>>,
 }
 
-/// The open streams of one connection, by serial.
+/// The open streams of one connection, by serial. A connection has few (most have none):
+/// a vector, which costs nothing until a stream opens, rather than a map.
 #[derive(Default)]
 pub struct Streams {
-    slots: Mutex<HashMap<u32, Slot>>,
+    slots: Mutex<Vec<(u32, Slot)>>,
 }
 
 impl Streams {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Slot>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u32, Slot)>> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn find(slots: &mut [(u32, Slot)], serial: u32) -> Option<&mut Slot> {
+        slots
+            .iter_mut()
+            .find(|(s, _)| *s == serial)
+            .map(|(_, slot)| slot)
     }
 
     /// The sender for packets of stream `serial`, if it is open.
     pub fn sender(&self, serial: u32) -> Option<mpsc::Sender<Inbound>> {
-        self.lock().get(&serial).map(|s| s.tx.clone())
+        Self::find(&mut self.lock(), serial).map(|s| s.tx.clone())
     }
 
     /// Lets the stream send data: its call's reply has been queued.
     pub fn activate(&self, serial: u32) {
-        if let Some(start) = self.lock().get_mut(&serial).and_then(|s| s.start.take()) {
+        let start = Self::find(&mut self.lock(), serial).and_then(|s| s.start.take());
+        if let Some(start) = start {
             let _ = start.send(());
         }
     }
 
     fn remove(&self, serial: u32) {
-        self.lock().remove(&serial);
+        let mut slots = self.lock();
+        slots.retain(|(s, _)| *s != serial);
+        if slots.is_empty() {
+            *slots = Vec::new();
+        }
     }
 
     /// Drops every stream (the connection is gone): consumers see their inbound end.
     pub fn clear(&self) {
-        self.lock().clear();
+        let slots = std::mem::take(&mut *self.lock());
+        drop(slots);
     }
 }
 
@@ -119,16 +134,16 @@ pub fn open(client: &Arc<Client>, procedure: i32, serial: u32) -> Option<ServerS
     let (start, started) = oneshot::channel();
     {
         let mut slots = client.streams.lock();
-        if slots.contains_key(&serial) {
+        if slots.iter().any(|(s, _)| *s == serial) {
             return None;
         }
-        slots.insert(
+        slots.push((
             serial,
             Slot {
                 tx,
                 start: Some(start),
             },
-        );
+        ));
     }
     Some(ServerStream {
         sender: StreamSender {
@@ -205,9 +220,22 @@ impl Drop for ServerStream {
 /// Routes a STREAM packet from the client to its stream; packets for streams that are
 /// gone are dropped (data is not acknowledged, so late packets are normal).
 pub async fn route(client: &Client, header: &Header, payload: Bytes) {
+    if let Some(wait) = try_route(client, header, payload) {
+        wait.await;
+    }
+}
+
+/// [`route`] without waiting: when the stream's queue is full, returns the wait for room
+/// (boxed: the connection task awaits it, and held inline it would make every idle
+/// connection that much bigger).
+pub fn try_route(
+    client: &Client,
+    header: &Header,
+    payload: Bytes,
+) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
     let Some(tx) = client.streams.sender(header.serial) else {
         tracing::debug!(serial = header.serial, "stream packet for no stream");
-        return;
+        return None;
     };
     let packet = match header.status {
         Status::CONTINUE if payload.is_empty() => Inbound::Eof,
@@ -215,5 +243,10 @@ pub async fn route(client: &Client, header: &Header, payload: Bytes) {
         Status::OK => Inbound::Finish,
         _ => Inbound::Abort,
     };
-    let _ = tx.send(packet).await;
+    match tx.try_send(packet) {
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => None,
+        Err(mpsc::error::TrySendError::Full(packet)) => Some(Box::pin(async move {
+            let _ = tx.send(packet).await;
+        })),
+    }
 }
