@@ -251,11 +251,15 @@ impl Mconsole {
     }
 
     /// Sends `cmd` and returns the concatenated reply text (NULs stripped, invalid UTF-8
-    /// replaced). A reply with `err != 0` becomes [`MconsoleError::Remote`].
+    /// replaced). A reply with `err != 0` becomes [`MconsoleError::Remote`]. Bounded by
+    /// the handle's timeout, from send to the last chunk.
     pub async fn command(&self, cmd: &str) -> Result<String, MconsoleError> {
-        let req = encode_request(cmd)?;
         let timeout = self.timeout;
-        match tokio::time::timeout(timeout, self.exchange(&req)).await {
+        let exchange = async {
+            let mut pending = self.send(cmd).await?;
+            pending.reply().await
+        };
+        match tokio::time::timeout(timeout, exchange).await {
             Ok(r) => r,
             Err(_) => Err(MconsoleError::Timeout {
                 path: self.path.clone(),
@@ -264,19 +268,55 @@ impl Mconsole {
         }
     }
 
-    async fn exchange(&self, req: &[u8]) -> Result<String, MconsoleError> {
+    /// Sends `cmd` and returns the request in flight, whose reply [`Pending::reply`]
+    /// waits for. Unlike [`command`](Self::command) nothing here is bounded in time: the
+    /// caller bounds the wait and may keep the request after giving up on it, so that a
+    /// late answer (a guest that was slow, not deaf) is still heard. Only the send waits,
+    /// and only while the guest's request queue is full.
+    pub async fn send(&self, cmd: &str) -> Result<Pending, MconsoleError> {
+        let req = encode_request(cmd)?;
         let sock = self.client_socket()?;
-        sock.send(req).await.map_err(|e| self.io_err(e))?;
-        let mut out: Vec<u8> = Vec::new();
-        let mut first_err = 0i32;
+        sock.send(&req).await.map_err(|e| self.io_err(e))?;
+        Ok(Pending {
+            mc: self.clone(),
+            sock,
+            out: Vec::new(),
+            first_err: 0,
+        })
+    }
+}
+
+/// A request sent to a guest's mconsole whose reply has not (completely) arrived: it
+/// owns the client socket the reply comes to. Dropping it abandons the reply.
+#[derive(Debug)]
+pub struct Pending {
+    mc: Mconsole,
+    sock: UnixDatagram,
+    /// Data of the chunks received so far.
+    out: Vec<u8>,
+    /// The first non-zero `err` among them.
+    first_err: i32,
+}
+
+impl Pending {
+    /// Waits for the rest of the reply; returns it as [`Mconsole::command`] does. Not
+    /// bounded in time. Cancel-safe: a wait cut short (a timeout around it) keeps the
+    /// chunks already received, and a later call goes on from there.
+    pub async fn reply(&mut self) -> Result<String, MconsoleError> {
+        let path = &self.mc.path;
         // Room for a maximal chunk plus one byte, so an oversized datagram is detected
         // rather than silently truncated.
-        let mut buf = vec![0u8; REPLY_HEADER + MAX_DATA + 1];
+        let mut buf = [0u8; REPLY_HEADER + MAX_DATA + 1];
         loop {
-            let n = sock.recv(&mut buf).await.map_err(|e| self.io_err(e))?;
+            // The only await: a reply is taken whole or not at all.
+            let n = self
+                .sock
+                .recv(&mut buf)
+                .await
+                .map_err(|e| self.mc.io_err(e))?;
             if n > REPLY_HEADER + MAX_DATA {
                 return Err(MconsoleError::Malformed {
-                    path: self.path.clone(),
+                    path: path.clone(),
                     source: ParseError::LenTooLarge {
                         len: n as u32,
                         max: REPLY_HEADER + MAX_DATA,
@@ -284,34 +324,39 @@ impl Mconsole {
                 });
             }
             let chunk = parse_reply(&buf[..n]).map_err(|source| MconsoleError::Malformed {
-                path: self.path.clone(),
+                path: path.clone(),
                 source,
             })?;
             // UML only sets err on the first chunk; keep the first non-zero one.
-            if first_err == 0 {
-                first_err = chunk.err;
+            if self.first_err == 0 {
+                self.first_err = chunk.err;
             }
-            if out.len() + chunk.data.len() > self.max_reply {
+            if self.out.len() + chunk.data.len() > self.mc.max_reply {
                 return Err(MconsoleError::ReplyTooLarge {
-                    path: self.path.clone(),
-                    max: self.max_reply,
+                    path: path.clone(),
+                    max: self.mc.max_reply,
                 });
             }
-            out.extend_from_slice(chunk.data);
+            self.out.extend_from_slice(chunk.data);
             if !chunk.more {
                 break;
             }
         }
-        let text = String::from_utf8_lossy(&out).into_owned();
-        if first_err != 0 {
-            return Err(MconsoleError::Remote {
-                err: first_err,
-                message: text,
-            });
+        let text = String::from_utf8_lossy(&std::mem::take(&mut self.out)).into_owned();
+        let err = std::mem::take(&mut self.first_err);
+        if err != 0 {
+            return Err(MconsoleError::Remote { err, message: text });
         }
         Ok(text)
     }
 
+    /// The mconsole the request went to.
+    pub fn path(&self) -> &Path {
+        &self.mc.path
+    }
+}
+
+impl Mconsole {
     /// `version`: the guest kernel's version string; also a liveness probe.
     pub async fn version(&self) -> Result<String, MconsoleError> {
         self.command("version").await

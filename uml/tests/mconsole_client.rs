@@ -79,6 +79,11 @@ fn fake(tag: &str) -> Fake {
                 "flood" => (0..1000).map(|_| chunk(0, 1, &[b'z'; 511])).collect(),
                 "silent" => vec![],
                 "stall" => vec![chunk(0, 1, b"part")],
+                // A guest that answers, but late (one that did not get a CPU for a while).
+                "slow" => {
+                    std::thread::sleep(Duration::from_millis(700));
+                    vec![chunk(0, 1, b"late "), chunk(0, 0, b"answer")]
+                }
                 _ => vec![chunk(1, 0, b"Unknown command")],
             };
             let Some(to) = from.as_pathname().map(|p| p.to_path_buf()) else {
@@ -207,5 +212,36 @@ async fn bad_requests_and_missing_sockets() {
     assert!(matches!(
         mc.command(&"x".repeat(511)).await,
         Err(MconsoleError::Remote { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_request_kept_after_its_timeout_still_gets_the_late_reply() {
+    let f = fake("late");
+    let mc = Mconsole::new(&f.path).with_timeout(Duration::from_millis(200));
+    // The bounded form gives up...
+    assert!(matches!(
+        mc.command("slow").await,
+        Err(MconsoleError::Timeout { .. })
+    ));
+    // ...while a request in flight can be waited for again after a wait that was cut
+    // short: the reply is not lost with the first wait.
+    let mut pending = mc.send("slow").await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), pending.reply())
+            .await
+            .is_err(),
+        "the fake answers after 700 ms"
+    );
+    let late = tokio::time::timeout(Duration::from_secs(5), pending.reply())
+        .await
+        .expect("the late reply arrives");
+    assert_eq!(late.unwrap(), "late answer");
+    assert_eq!(pending.path(), f.path.as_path());
+    // A remote error is reported through a kept request too.
+    let mut pending = mc.send("fail").await.unwrap();
+    assert!(matches!(
+        pending.reply().await,
+        Err(MconsoleError::Remote { err: -22, .. })
     ));
 }
