@@ -596,3 +596,104 @@ fn no_guest_process_outlives_destroy_crash_or_restart() {
     assert_nothing_left(&d, name, "final destroy");
     eprintln!("winch helper test: {:?}", t0.elapsed());
 }
+
+/// A guest that gets no CPU for a while answers its mconsole late: SIGSTOP on its main
+/// process stands in for a saturated host (UML's `stop` runs in a kernel worker of the
+/// guest, which must be scheduled to answer). `virsh suspend` waits for it, as libvirt
+/// waits for QEMU's monitor, rather than failing after 5 s. A guest that does not answer
+/// within 30 s gets libvirt's "Timed out during operation", while other clients, and
+/// queries of the same domain, are served meanwhile; when it carries the pause out later,
+/// the domain is reported paused. A destroy never waits behind such a call.
+#[test]
+fn suspend_waits_for_a_slow_guest_and_times_out_cleanly_on_a_silent_one() {
+    use nix::sys::signal::{kill, Signal};
+    use std::time::Instant;
+    let d = Daemon::start();
+    define(&d, "slow");
+    d.virsh_ok(&["start", "slow"]);
+    // The mconsole answers (start waits for it); one round trip more to be sure.
+    d.virsh_ok(&["suspend", "slow"]);
+    d.virsh_ok(&["resume", "slow"]);
+    let pid = nix::unistd::Pid::from_raw(guest_leaders(d.root.path())[0]);
+    let uri = d.tcp_uri();
+    let timed = |args: &'static [&'static str]| {
+        let uri = uri.clone();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let o = support::virsh(&uri, args);
+            (o.status.success(), out(&o), t.elapsed())
+        })
+    };
+    // A query while a suspend waits: answered at once, from the daemon's own state.
+    let prompt_query = || {
+        let t = Instant::now();
+        let s = state(&d, "slow");
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "domstate took {:?}",
+            t.elapsed()
+        );
+        assert!(d.virsh_ok(&["list", "--all"]).contains("slow"));
+        s
+    };
+
+    // Slow: the answer comes after 8 s, and the suspend succeeds.
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let suspend = timed(&["suspend", "slow"]);
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(prompt_query(), "running (unpaused)");
+    kill(pid, Signal::SIGCONT).unwrap();
+    let (ok, text, took) = suspend.join().unwrap();
+    assert!(ok, "a slow guest's suspend failed after {took:?}: {text}");
+    assert!(took >= Duration::from_secs(8), "{took:?}");
+    assert_eq!(state(&d, "slow"), "paused (user)");
+    d.virsh_ok(&["resume", "slow"]);
+    assert_eq!(state(&d, "slow"), "running (unpaused)");
+
+    // Silent for longer than the daemon waits: a clean libvirt-style timeout. The request
+    // stays with the guest, which carries it out once it runs again.
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let suspend = timed(&["suspend", "slow"]);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(prompt_query(), "running (unpaused)");
+    let (ok, text, took) = suspend.join().unwrap();
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("Timed out during operation: cannot suspend domain 'slow': the guest did not answer its management console within 30 s"),
+        "{text}"
+    );
+    assert!(
+        took >= Duration::from_secs(29) && took < Duration::from_secs(45),
+        "{took:?}"
+    );
+    assert_eq!(state(&d, "slow"), "running (unpaused)");
+    kill(pid, Signal::SIGCONT).unwrap();
+    wait_state(&d, "slow", "paused (user)", 20);
+    // And the daemon's state is the guest's: resuming works.
+    d.virsh_ok(&["resume", "slow"]);
+    assert_eq!(state(&d, "slow"), "running (unpaused)");
+
+    // A destroy does not queue behind a suspend waiting for a silent guest: the suspend
+    // gives up at once, and the destroy takes its usual course (SIGTERM, which a stopped
+    // process does not act on, then SIGKILL after 10 s).
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let suspend = timed(&["suspend", "slow"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let t = Instant::now();
+    let destroyed = d.virsh(&["destroy", "slow"]);
+    let destroy_took = t.elapsed();
+    assert!(destroyed.status.success(), "{}", out(&destroyed));
+    let (ok, text, took) = suspend.join().unwrap();
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("operation aborted: cannot suspend domain 'slow': it is being destroyed"),
+        "{text}"
+    );
+    assert!(took < Duration::from_secs(5), "the suspend waited {took:?}");
+    assert!(
+        destroy_took < Duration::from_secs(20),
+        "the destroy took {destroy_took:?}"
+    );
+    assert_eq!(state(&d, "slow"), "shut off (destroyed)");
+    assert!(guest_pids(d.root.path()).is_empty());
+}

@@ -209,6 +209,7 @@ pub fn message_prefix(c: i32) -> Option<&'static str> {
         code::OPERATION_INVALID => "Requested operation is not valid",
         code::CONFIG_UNSUPPORTED => "unsupported configuration",
         code::OPERATION_TIMEOUT => "Timed out during operation",
+        code::OPERATION_ABORTED => "operation aborted",
         code::ARGUMENT_UNSUPPORTED => "argument unsupported",
         code::OPERATION_UNSUPPORTED => "Operation not supported",
         code::NO_DOMAIN_METADATA => "metadata not found",

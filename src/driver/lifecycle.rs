@@ -15,7 +15,8 @@ use virtumld_protocol::error::code;
 use virtumld_uml::argv::{self, ArgvEnv};
 use virtumld_uml::console::{self, ConsoleLog};
 use virtumld_uml::domain::{self as domxml, CharKind, DomainDef, LifecycleAction};
-use virtumld_uml::process::{self, ExitReason, LaunchSpec, PtyLine};
+use virtumld_uml::mconsole::{MconsoleError, Pending};
+use virtumld_uml::process::{self, ExitReason, Guest, LaunchSpec, PtyLine};
 
 use super::state::{domain_state as st, event, paused, running, shutoff, StateReason};
 use super::status::{SavedLine, Status};
@@ -32,6 +33,19 @@ const DESTROY_GRACE: Duration = Duration::from_secs(10);
 const PUMP_DRAIN: Duration = Duration::from_millis(500);
 /// For a graceful destroy, how long SIGTERM alone may take.
 const GRACEFUL_WAIT: Duration = Duration::from_secs(30);
+/// How long a lifecycle call (suspend, resume, shutdown, reboot, a paused start) waits for
+/// the guest to answer the mconsole command that carries it out. UML runs `stop` in a
+/// kernel worker of the guest, so the answer needs the guest to be scheduled: on a
+/// saturated host that took more than 5 s (the bound of queries) once in 3,770 suspends
+/// of the one-hour soak. libvirt's QEMU driver waits for its monitor without any bound, so
+/// a `virsh suspend` under load is slow, not failed; this keeps a bound, for a guest that
+/// never answers, equal to the longest a caller waits for the domain's job (`JOB_WAIT`).
+/// Other clients are never held up meanwhile: queries take no job, and a destroy makes
+/// the wait give up at once (`DomainObj::destroying`).
+const GUEST_ANSWER_WAIT: Duration = Duration::from_secs(30);
+/// How long a command whose caller gave up on it is still listened to: a guest that was
+/// slow rather than deaf carries it out late, and the domain's state must follow.
+const LATE_ANSWER_WAIT: Duration = Duration::from_secs(600);
 
 /// Console lines' slaves are inherited by the guest from this descriptor number up.
 const FIRST_LINE_FD: i32 = 3;
@@ -54,6 +68,107 @@ fn umid_for(def: &DomainDef) -> String {
 
 fn backend_error(e: impl std::fmt::Display) -> Error {
     Error::new(code::OPERATION_FAILED, e.to_string())
+}
+
+/// Why a lifecycle command got no usable answer.
+enum NoAnswer {
+    /// [`GUEST_ANSWER_WAIT`] passed. The request is still in the guest's queue: the guest
+    /// may carry it out later, and its answer comes to this request.
+    TimedOut(Pending),
+    /// A destroy of the domain is waiting for the job.
+    Destroying,
+    /// The guest process ended.
+    Exited,
+    /// The command failed: no socket, a malformed reply, or the guest's own error.
+    Failed(MconsoleError),
+}
+
+impl NoAnswer {
+    /// The error a lifecycle call returns for this, `what` being e.g. "suspend".
+    fn error(&self, obj: &DomainObj, what: &str) -> Error {
+        match self {
+            NoAnswer::TimedOut(_) => Error::new(
+                code::OPERATION_TIMEOUT,
+                format!(
+                    "cannot {what} domain '{}': the guest did not answer its management \
+                     console within {} s",
+                    obj.name,
+                    GUEST_ANSWER_WAIT.as_secs()
+                ),
+            ),
+            NoAnswer::Destroying => Error::new(
+                code::OPERATION_ABORTED,
+                format!("cannot {what} domain '{}': it is being destroyed", obj.name),
+            ),
+            // The words of libvirt's QEMU driver when the guest goes during a call.
+            NoAnswer::Exited => Error::new(code::OPERATION_FAILED, "domain is no longer running"),
+            NoAnswer::Failed(e) => backend_error(e),
+        }
+    }
+}
+
+/// Whether a failed command's error is UML's answer `message` (`err` 1, e.g. "Already
+/// stopped" to a `stop`).
+fn answered(r: &std::result::Result<String, NoAnswer>, message: &str) -> bool {
+    matches!(r, Err(NoAnswer::Failed(MconsoleError::Remote { err: 1, message: m })) if m == message)
+}
+
+/// Sends a lifecycle command to the guest's mconsole and waits for the answer, at most
+/// [`GUEST_ANSWER_WAIT`], and no longer once the guest exits or a destroy of the domain
+/// is waiting. The caller holds the job.
+async fn guest_command(
+    obj: &DomainObj,
+    guest: &Guest,
+    cmd: &str,
+) -> std::result::Result<String, NoAnswer> {
+    enum Woken {
+        Answer(std::result::Result<String, MconsoleError>),
+        TimedOut,
+        Destroying,
+        Exited,
+    }
+    let mut destroying = obj.destroying.subscribe();
+    if *destroying.borrow_and_update() > 0 {
+        return Err(NoAnswer::Destroying);
+    }
+    let mc = guest.mconsole();
+    let mut pending = tokio::select! {
+        // Only waits while the guest's request queue is full.
+        sent = tokio::time::timeout(GUEST_ANSWER_WAIT, mc.send(cmd)) => match sent {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return Err(NoAnswer::Failed(e)),
+            Err(_) => {
+                return Err(NoAnswer::Failed(MconsoleError::Timeout {
+                    path: mc.path().to_path_buf(),
+                    timeout: GUEST_ANSWER_WAIT,
+                }))
+            }
+        },
+        _ = destroying.changed() => return Err(NoAnswer::Destroying),
+        _ = guest.wait_exit() => return Err(NoAnswer::Exited),
+    };
+    let woken = tokio::select! {
+        r = tokio::time::timeout(GUEST_ANSWER_WAIT, pending.reply()) => match r {
+            Ok(answer) => Woken::Answer(answer),
+            Err(_) => Woken::TimedOut,
+        },
+        _ = destroying.changed() => Woken::Destroying,
+        _ = guest.wait_exit() => Woken::Exited,
+    };
+    match woken {
+        Woken::Answer(Ok(text)) => Ok(text),
+        Woken::Answer(Err(e)) => Err(NoAnswer::Failed(e)),
+        Woken::TimedOut => Err(NoAnswer::TimedOut(pending)),
+        Woken::Destroying => Err(NoAnswer::Destroying),
+        Woken::Exited => Err(NoAnswer::Exited),
+    }
+}
+
+/// What a `stop` or a `go` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PauseChange {
+    Paused,
+    Resumed,
 }
 
 impl Driver {
@@ -266,10 +381,10 @@ impl Driver {
             .launch(def, self.next_id(), running_state(start_paused))
             .await?;
         if start_paused {
-            if let Err(e) = live.guest.mconsole().stop().await {
+            if let Err(e) = guest_command(obj, &live.guest, "stop").await {
                 let _ = live.guest.kill(DESTROY_GRACE).await;
                 let _ = persist::remove(&self.status_path(&obj.name));
-                return Err(backend_error(e));
+                return Err(e.error(obj, "start paused"));
             }
         }
         self.install(obj, live, running_state(start_paused));
@@ -315,55 +430,170 @@ impl Driver {
     /// runs its shutdown) and returns; the stop is reported when the process exits.
     pub async fn shutdown(&self, obj: &Arc<DomainObj>) -> Result<()> {
         let _job = obj.begin_job().await?;
-        let mc = self.require_live(obj, |l| {
+        let guest = self.require_live(obj, |l| {
             l.intent = Some(StopIntent::Shutdown);
-            l.guest.mconsole()
+            l.guest.clone()
         })?;
-        mc.cad().await.map_err(backend_error)
+        guest_command(obj, &guest, "cad")
+            .await
+            .map(drop)
+            .map_err(|e| e.error(obj, "shut down"))
     }
 
     /// `virDomainReboot`: the guest shuts down cleanly and the daemon boots it again,
     /// keeping its id.
     pub async fn reboot(&self, obj: &Arc<DomainObj>) -> Result<()> {
         let _job = obj.begin_job().await?;
-        let mc = self.require_live(obj, |l| {
+        let guest = self.require_live(obj, |l| {
             l.intent = Some(StopIntent::Reboot);
-            l.guest.mconsole()
+            l.guest.clone()
         })?;
-        mc.cad().await.map_err(backend_error)
+        guest_command(obj, &guest, "cad")
+            .await
+            .map(drop)
+            .map_err(|e| e.error(obj, "reboot"))
     }
 
+    /// `virDomainSuspend`: UML's `stop`. Pausing a paused guest succeeds, as in libvirt.
     pub async fn suspend(&self, obj: &Arc<DomainObj>) -> Result<()> {
         let _job = obj.begin_job().await?;
-        let (mc, state) = self
-            .require_live(obj, |l| l.guest.mconsole())
-            .map(|mc| (mc, obj.data().state))?;
-        if state.state == st::PAUSED {
+        let (guest, generation) = self.require_live(obj, |l| (l.guest.clone(), l.generation))?;
+        if obj.data().state.state == st::PAUSED {
             return Ok(());
         }
-        mc.stop().await.map_err(backend_error)?;
-        obj.data().state = StateReason::new(st::PAUSED, paused::USER);
-        self.save_status(obj);
-        self.emit_lifecycle(obj, event::SUSPENDED, event::SUSPENDED_PAUSED);
+        let r = guest_command(obj, &guest, "stop").await;
+        // "Already stopped": an earlier `stop` whose caller gave up was carried out.
+        if !answered(&r, "Already stopped") {
+            if let Err(e) = r {
+                return Err(self.gave_up(
+                    obj,
+                    generation,
+                    guest,
+                    e,
+                    PauseChange::Paused,
+                    "suspend",
+                ));
+            }
+        }
+        self.record_pause_change(obj, PauseChange::Paused);
         Ok(())
     }
 
+    /// `virDomainResume`: UML's `go`.
     pub async fn resume(&self, obj: &Arc<DomainObj>) -> Result<()> {
         let _job = obj.begin_job().await?;
-        let mc = self.require_live(obj, |l| l.guest.mconsole())?;
+        let (guest, generation) = self.require_live(obj, |l| (l.guest.clone(), l.generation))?;
         if obj.data().state.state != st::PAUSED {
             return Err(Error::new(code::OPERATION_INVALID, "domain is not paused"));
         }
-        mc.go().await.map_err(backend_error)?;
-        obj.data().state = StateReason::new(st::RUNNING, running::UNPAUSED);
-        self.save_status(obj);
-        self.emit_lifecycle(obj, event::RESUMED, event::RESUMED_UNPAUSED);
+        let r = guest_command(obj, &guest, "go").await;
+        // "Not stopped": the guest runs (an abandoned `go` was carried out late).
+        if !answered(&r, "Not stopped") {
+            if let Err(e) = r {
+                return Err(self.gave_up(
+                    obj,
+                    generation,
+                    guest,
+                    e,
+                    PauseChange::Resumed,
+                    "resume",
+                ));
+            }
+        }
+        self.record_pause_change(obj, PauseChange::Resumed);
         Ok(())
+    }
+
+    /// Records a pause or a resume the guest carried out: state, status file, event. The
+    /// caller holds the job. Nothing but the count of changes moves if the domain is in
+    /// that state already.
+    fn record_pause_change(&self, obj: &Arc<DomainObj>, change: PauseChange) {
+        let (state, event, detail) = match change {
+            PauseChange::Paused => (
+                StateReason::new(st::PAUSED, paused::USER),
+                event::SUSPENDED,
+                event::SUSPENDED_PAUSED,
+            ),
+            PauseChange::Resumed => (
+                StateReason::new(st::RUNNING, running::UNPAUSED),
+                event::RESUMED,
+                event::RESUMED_UNPAUSED,
+            ),
+        };
+        {
+            let mut d = obj.data();
+            d.pause_changes += 1;
+            if d.live.is_none() || d.state.state == state.state {
+                return;
+            }
+            d.state = state;
+        }
+        self.save_status(obj);
+        self.emit_lifecycle(obj, event, detail);
+    }
+
+    /// The error of a suspend or resume that got no answer. One that timed out leaves its
+    /// request with the guest, which may still carry it out: its answer is listened for
+    /// (`LATE_ANSWER_WAIT`) and then recorded with its event, the way libvirt reports a
+    /// pause or resume that QEMU announces on its own. Unless a pause or resume was
+    /// recorded in between: the guest answers in order, so that later answer already
+    /// tells the state after this one.
+    fn gave_up(
+        &self,
+        obj: &Arc<DomainObj>,
+        generation: u64,
+        guest: Guest,
+        why: NoAnswer,
+        change: PauseChange,
+        what: &str,
+    ) -> Error {
+        let err = why.error(obj, what);
+        let NoAnswer::TimedOut(mut pending) = why else {
+            return err;
+        };
+        tracing::warn!(domain = %obj.name, "no answer to {what} within {GUEST_ANSWER_WAIT:?}; still listening");
+        let changes = obj.data().pause_changes;
+        let driver = self.clone();
+        let obj = obj.clone();
+        tokio::spawn(async move {
+            let answer = tokio::select! {
+                r = tokio::time::timeout(LATE_ANSWER_WAIT, pending.reply()) => r,
+                _ = guest.wait_exit() => return,
+            };
+            match answer {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::info!(domain = %obj.name, "late answer to an abandoned {change:?} request: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(domain = %obj.name, "the guest never answered an abandoned {change:?} request");
+                    return;
+                }
+            }
+            let Ok(_job) = obj.begin_job().await else {
+                tracing::error!(domain = %obj.name, "the guest carried out a {change:?} request late, but its state could not be updated");
+                return;
+            };
+            let current = {
+                let d = obj.data();
+                d.pause_changes == changes
+                    && d.live.as_ref().is_some_and(|l| l.generation == generation)
+            };
+            if current {
+                tracing::info!(domain = %obj.name, "the guest carried out an abandoned request late: {change:?}");
+                driver.record_pause_change(&obj, change);
+            }
+        });
+        err
     }
 
     /// `virDomainDestroyFlags`: SIGTERM to the whole process tree, SIGKILL after a grace
     /// period (never with `graceful`), everything reaped before returning.
     pub async fn destroy(&self, obj: &Arc<DomainObj>, graceful: bool) -> Result<()> {
+        // Like libvirt's, a destroy does not queue behind a call waiting for the guest to
+        // answer (which a hung guest never does): such a call gives up at once.
+        let _destroying = DestroyPending::new(obj);
         let _job = obj.begin_job().await?;
         let guest = self.require_live(obj, |l| {
             l.intent = Some(StopIntent::Destroy);
@@ -664,6 +894,7 @@ impl Driver {
         if start_paused {
             guest
                 .mconsole()
+                .with_timeout(GUEST_ANSWER_WAIT)
                 .stop()
                 .await
                 .map_err(|e| format!("cannot pause the guest: {e}"))?;
@@ -722,6 +953,22 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+/// Marks a destroy as pending on a domain while it lives (see `DomainObj::destroying`).
+struct DestroyPending<'a>(&'a DomainObj);
+
+impl<'a> DestroyPending<'a> {
+    fn new(obj: &'a DomainObj) -> Self {
+        obj.destroying.send_modify(|n| *n += 1);
+        DestroyPending(obj)
+    }
+}
+
+impl Drop for DestroyPending<'_> {
+    fn drop(&mut self) {
+        self.0.destroying.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 

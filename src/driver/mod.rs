@@ -129,6 +129,9 @@ struct Data {
     /// Set once the domain has left the index (undefined while inactive, or transient
     /// and stopped): handles still held elsewhere must not act on it.
     removed: bool,
+    /// Bumped by every pause or resume recorded, so that the late answer to a request
+    /// abandoned earlier is only believed if nothing was learnt since.
+    pause_changes: u64,
 }
 
 pub struct DomainObj {
@@ -137,6 +140,11 @@ pub struct DomainObj {
     /// Shared so that a job can also be held by a task that owns it (see `take_job`).
     job: Arc<tokio::sync::Mutex<()>>,
     data: Mutex<Data>,
+    /// How many destroys are waiting for or holding the job. A call that waits for the
+    /// guest to answer (`lifecycle::guest_command`) gives up as soon as this is non-zero,
+    /// so that, as with libvirt, a destroy never queues behind a guest that does not
+    /// answer.
+    destroying: tokio::sync::watch::Sender<u32>,
 }
 
 impl DomainObj {
@@ -151,12 +159,14 @@ impl DomainObj {
             name,
             uuid,
             job: Arc::new(tokio::sync::Mutex::new(())),
+            destroying: tokio::sync::watch::Sender::new(0),
             data: Mutex::new(Data {
                 config,
                 live: None,
                 autostart,
                 state: StateReason::new(st::SHUTOFF, shutoff::UNKNOWN),
                 removed: false,
+                pause_changes: 0,
             }),
         })
     }
