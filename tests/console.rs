@@ -347,6 +347,144 @@ except libvirt.libvirtError as e:
     );
 }
 
+/// The guest's end reaches every session attached to it: destroyed, or shut down with
+/// `virsh shutdown`, the guest ends both its console and its idle serial line (nothing to
+/// replay, nothing written) with end-of-stream, so a python3-libvirt `recv` returns b""
+/// promptly, as libvirtd's empty STREAM CONTINUE makes it do; `finish` is then confirmed,
+/// even long after, and the connection goes on working. An idle line of a running guest sends nothing,
+/// as with libvirtd: a reader with a time budget uses a non-blocking stream and libvirt's
+/// event loop (what virsh console does), which the last part checks.
+#[test]
+fn a_destroyed_or_shut_down_guest_ends_every_attached_stream() {
+    let d = Daemon::start();
+    let img = guest_image(d.root.path(), "eof");
+    let xml = guest_xml("eof", &img).replace(
+        "<console type='pty'/>",
+        "<console type='pty'/><serial type='pty'/>",
+    );
+    let f = d.root.path().join("eof.xml");
+    std::fs::write(&f, xml).unwrap();
+    d.virsh_ok(&["define", &f.display().to_string()]);
+    d.virsh_ok(&["start", "eof"]);
+    let script = r#"
+import faulthandler, libvirt, os, subprocess, threading, time
+faulthandler.dump_traceback_later(100, exit=True)
+uri = os.environ["URI"]
+c = libvirt.open(uri)
+dom = c.lookupByName("eof")
+
+def attach():
+    con, ser = c.newStream(0), c.newStream(0)
+    dom.openConsole("console0", con, 0)
+    dom.openConsole("serial0", ser, 0)
+    got = b""
+    while b"guest# " not in got:
+        d = con.recv(4096)
+        if not d:
+            raise SystemExit("end of stream before the prompt: %r" % got[-300:])
+        got += d
+    return con, ser
+
+def until_eof(st):
+    while True:
+        d = st.recv(65536)
+        if d == b"":
+            return time.time()
+
+def stop_and_wait(what, stop, con, ser, want, finish_late=False):
+    done = {}
+    def run():
+        stop()
+        done["t"] = time.time()
+    t = threading.Thread(target=run)
+    t.start()
+    t_con = until_eof(con)
+    t_ser = until_eof(ser)
+    t.join()
+    con.finish()
+    if finish_late:
+        # libvirtd keeps an ended stream until the client finishes it, however late.
+        time.sleep(11)
+        f = threading.Thread(target=ser.finish, daemon=True)
+        f.start()
+        f.join(10)
+        if f.is_alive():
+            print("a finish 11 s after end-of-stream was not confirmed", flush=True)
+            os._exit(3)
+        print("late finish confirmed")
+    else:
+        ser.finish()
+    deadline = time.time() + 20
+    while dom.state() != want and time.time() < deadline:
+        time.sleep(0.1)
+    print(what, "eof after %.2f %.2f state %s" % (t_con - done["t"], t_ser - done["t"], dom.state()))
+
+con, ser = attach()
+time.sleep(0.3)
+def destroy():
+    libvirt.open(uri).lookupByName("eof").destroy()
+stop_and_wait("destroy", destroy, con, ser, [5, 2], finish_late=True)
+
+dom.create()
+con, ser = attach()
+time.sleep(0.3)
+def shutdown():
+    subprocess.run(["virsh", "-q", "-c", uri, "shutdown", "eof"], check=True,
+                   stdout=subprocess.DEVNULL)
+stop_and_wait("shutdown", shutdown, con, ser, [5, 1])
+
+# An idle line of a running guest: nothing comes, by design. A non-blocking stream on
+# libvirt's event loop reads it within a budget and finishes on its own.
+libvirt.virEventRegisterDefaultImpl()
+def loop():
+    while True:
+        libvirt.virEventRunDefaultImpl()
+threading.Thread(target=loop, daemon=True).start()
+ec = libvirt.open(uri)
+edom = ec.lookupByName("eof")
+edom.create()
+st = ec.newStream(libvirt.VIR_STREAM_NONBLOCK)
+edom.openConsole("serial0", st, 0)
+t0 = time.time()
+got, eof = 0, False
+while time.time() < t0 + 1:
+    r = st.recv(65536)
+    if r == -2:
+        time.sleep(0.02)
+    elif r == b"":
+        eof = True
+        break
+    else:
+        got += len(r)
+st.finish()
+print("idle serial: %d bytes, eof %s, ended by the budget after %.2f s" % (got, eof, time.time() - t0))
+"#;
+    let out = python_ok(&d.tcp_uri(), script);
+    eprintln!("{out}");
+    let delays = |what: &str| -> (f64, f64, String) {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(what))
+            .unwrap_or_else(|| panic!("no {what} line: {out}"));
+        let w: Vec<&str> = line.split_whitespace().collect();
+        (
+            w[3].parse().unwrap(),
+            w[4].parse().unwrap(),
+            w[6..].join(" "),
+        )
+    };
+    // Destroyed: at once (the pump ends when the pty hangs up or is stopped).
+    let (con, ser, state) = delays("destroy");
+    assert!(con < 5.0 && ser < 5.0, "{out}");
+    assert_eq!(state, "[5, 2]", "shut off (destroyed): {out}");
+    // Shut down: once the guest's init has run its shutdown and the process is gone.
+    let (con, ser, state) = delays("shutdown");
+    assert!(con < 60.0 && ser < 60.0, "{out}");
+    assert_eq!(state, "[5, 1]", "shut off (shutdown): {out}");
+    assert!(out.contains("late finish confirmed"), "{out}");
+    assert!(out.contains("idle serial: 0 bytes, eof False"), "{out}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Flow control, with a raw-protocol console client
 // ---------------------------------------------------------------------------------------

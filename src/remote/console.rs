@@ -4,7 +4,8 @@
 //! kept), so `virsh console` shows the current screen instead of a blank one; then live
 //! output. Keystrokes go to the guest. The session ends when the client finishes or
 //! aborts, when another client takes the line with `--force`, or when the guest's pty goes
-//! away (shutdown, reboot): then the client gets end-of-stream.
+//! away (destroy, shutdown, reboot, crash): then the client gets end-of-stream, and the
+//! stream stays until the client finishes it.
 //!
 //! A session is one task that never waits on the guest, and waits on the client only for
 //! room in the connection's queue, with one packet at a time, while it goes on taking the
@@ -21,7 +22,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use virtumld_protocol::error::code;
@@ -36,8 +36,6 @@ use crate::rpc::stream::{self, Inbound, ServerStream, StreamSender};
 /// `VIR_DOMAIN_CONSOLE_FORCE` and `VIR_DOMAIN_CONSOLE_SAFE`.
 const FORCE: u32 = 1;
 const SAFE: u32 = 2;
-/// After end-of-stream, how long to wait for the client's finish before letting go.
-const FINISH_WAIT: Duration = Duration::from_secs(10);
 /// Largest STREAM packet of console output.
 const PACKET_MAX: usize = stream::MAX_CHUNK;
 
@@ -110,6 +108,10 @@ async fn session(mut stream: ServerStream, pump: Arc<ConsolePump>, mut claim: Co
         }
     };
     drop(claim);
+    // Nothing more is read from the line: let the pump's backlog go while the session
+    // waits for the client below.
+    drop(output);
+    drop(pump);
     match ending {
         Ending::Gone => {}
         // Output still in flight is of no interest to a client that finished.
@@ -152,7 +154,10 @@ async fn sent(in_flight: &mut Option<InFlight>) -> bool {
 }
 
 /// The line closed or was taken over: the last output, end of stream, then wait for the
-/// client's finish so it can be confirmed.
+/// client's finish (or abort) so it can be confirmed. As libvirtd does, the stream stays
+/// until then, however late that is, or until the connection goes: a client that finishes
+/// a stream the server forgot would wait for the confirmation forever (python3-libvirt's
+/// `virStream.finish()` did, when called more than 10 s after end-of-stream).
 async fn end_of_stream(stream: &mut ServerStream, in_flight: Option<InFlight>) {
     if let Some(f) = in_flight {
         if !f.await {
@@ -160,16 +165,11 @@ async fn end_of_stream(stream: &mut ServerStream, in_flight: Option<InFlight>) {
         }
     }
     if stream.send_eof().await {
-        let finish = async {
-            while let Some(p) = stream.recv().await {
-                if matches!(p, Inbound::Finish | Inbound::Abort) {
-                    return true;
-                }
+        while let Some(p) = stream.recv().await {
+            if matches!(p, Inbound::Finish | Inbound::Abort) {
+                stream.confirm().await;
+                return;
             }
-            false
-        };
-        if let Ok(true) = tokio::time::timeout(FINISH_WAIT, finish).await {
-            stream.confirm().await;
         }
     }
 }
