@@ -100,10 +100,12 @@ impl Rng {
 
 #[derive(Default)]
 struct Results {
-    /// Per operation: (ok, refused as expected, failed).
-    ops: BTreeMap<&'static str, [u64; 3]>,
+    /// Per operation: (ok, refused as expected, timed out, failed).
+    ops: BTreeMap<&'static str, [u64; 4]>,
     /// Unexpected errors by message.
     errors: BTreeMap<String, u64>,
+    /// libvirt's "Timed out during operation" errors by message.
+    timeouts: BTreeMap<String, u64>,
     /// Query latencies in microseconds, by minute since the start.
     latency: BTreeMap<u64, Vec<u64>>,
     console_bytes: u64,
@@ -116,19 +118,36 @@ impl Results {
     }
 
     fn fail(&mut self, op: &'static str, what: String) {
-        self.count(op, 2);
+        self.count(op, 3);
         *self.errors.entry(format!("{op}: {what}")).or_default() += 1;
+    }
+
+    fn timed_out(&mut self, op: &'static str, what: String) {
+        self.count(op, 2);
+        *self.timeouts.entry(format!("{op}: {what}")).or_default() += 1;
     }
 }
 
 /// Refusals a mixed workload is bound to meet: starting a running guest, pausing a paused
-/// one, a console already in use, a guest that stopped meanwhile.
+/// one, a console already in use, a guest that stopped meanwhile, a suspend that gave way
+/// to another client's destroy.
 fn expected_refusal(e: &virtumld_protocol::error::RemoteError) -> bool {
     let m = e.message.as_deref().unwrap_or("");
     e.code == code::OPERATION_INVALID
         || m.contains("Active console session")
         || m.contains("not running")
+        || m.contains("no longer running")
         || m.contains("already running")
+        || (e.code == code::OPERATION_ABORTED && m.contains("is being destroyed"))
+}
+
+/// libvirt's own word for a call that could not complete in time: a guest that did not
+/// answer within the daemon's bound, or a domain whose job another call held that long.
+/// Counted apart from failures: it is the documented answer of an overloaded host, not a
+/// wrong one. The guest's state stays consistent (checked when every guest is brought
+/// back at the end).
+fn timed_out(e: &virtumld_protocol::error::RemoteError) -> bool {
+    e.code == code::OPERATION_TIMEOUT
 }
 
 // ---------------------------------------------------------------------------------------
@@ -419,6 +438,7 @@ fn record(ctx: &Ctx, op: &'static str, r: Outcome) {
     match r {
         Ok(_) => res.count(op, 0),
         Err(e) if expected_refusal(&e) => res.count(op, 1),
+        Err(e) if timed_out(&e) => res.timed_out(op, e.message.unwrap_or_default()),
         Err(e) => res.fail(op, e.message.unwrap_or_default()),
     }
 }
@@ -559,10 +579,36 @@ fn console(c: &mut Conn, ctx: &Ctx, dom: &NonnullDomain, rng: &mut Rng) -> std::
 // python3-libvirt console readers
 // ---------------------------------------------------------------------------------------
 
+/// Longest a python reader stays on one console session.
+const PY_SESSION_SECS: f64 = 0.5;
+
+/// A python3-libvirt console reader: sessions of at most [`PY_SESSION_SECS`] each on the
+/// guests in turn, until SECS have passed, then a JSON summary on stdout.
+///
+/// A console stream only carries what the guest writes: on attach the recent output the
+/// daemon kept, then live output, and end-of-stream (an empty STREAM CONTINUE, on which
+/// `recv` returns b"") when the guest stops. A guest with nothing to replay that writes
+/// nothing (paused right after its start, before its first console line) sends nothing
+/// at all, as with libvirtd, and a blocking `recv` would wait for it forever: that is how
+/// the readers of the first one-hour run had to be killed. So the reader does what `virsh
+/// console` does: a non-blocking stream, libvirt's event loop on a thread, and its own
+/// time budget per session. If it still does not end by itself (a call that never
+/// returns), it dumps where it is stuck and exits non-zero, which fails the soak with
+/// that evidence instead of a silent SIGKILL.
 const PY_READER: &str = r#"
-import libvirt, os, sys, time, json
-uri, names, end = os.environ["URI"], os.environ["DOMS"].split(","), time.time() + float(os.environ["SECS"])
-out = {"sessions": 0, "busy": 0, "bytes": 0, "errors": []}
+import faulthandler, json, libvirt, os, threading, time
+uri, names = os.environ["URI"], os.environ["DOMS"].split(",")
+secs, session = float(os.environ["SECS"]), float(os.environ["SESSION"])
+end = time.time() + secs
+faulthandler.dump_traceback_later(secs + 20, exit=True)
+libvirt.registerErrorHandler(lambda ctx, err: None, None)
+libvirt.virEventRegisterDefaultImpl()
+def loop():
+    while True:
+        libvirt.virEventRunDefaultImpl()
+threading.Thread(target=loop, daemon=True).start()
+out = {"sessions": 0, "eof": 0, "busy": 0, "bytes": 0, "errors": []}
+busy = ("Active console session", "not running", "not available")
 c = libvirt.open(uri)
 i = 0
 while time.time() < end:
@@ -573,17 +619,27 @@ while time.time() < end:
         if d.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
             time.sleep(0.2)
             continue
-        st = c.newStream(0)
+        st = c.newStream(libvirt.VIR_STREAM_NONBLOCK)
         try:
             d.openConsole(None, st, 0)
         except libvirt.libvirtError as e:
-            if "Active console session" in str(e) or "not running" in str(e) or "not available" in str(e):
+            if any(b in str(e) for b in busy):
                 out["busy"] += 1
                 time.sleep(0.1)
                 continue
             raise
-        # The line's recent output comes at once on attach (empty: the guest went away).
-        out["bytes"] += len(st.recv(65536))
+        # The recent output comes at once, then live output, until the budget is spent or
+        # the stream ends (the guest went away).
+        budget = min(end, time.time() + session)
+        while time.time() < budget:
+            r = st.recv(65536)
+            if r == -2:
+                time.sleep(0.02)
+            elif len(r) == 0:
+                out["eof"] += 1
+                break
+            else:
+                out["bytes"] += len(r)
         try:
             st.finish()
         except libvirt.libvirtError:
@@ -591,7 +647,7 @@ while time.time() < end:
         out["sessions"] += 1
     except libvirt.libvirtError as e:
         msg = str(e)
-        if "not running" in msg or "Active console session" in msg or "not available" in msg:
+        if any(b in msg for b in busy):
             out["busy"] += 1
         else:
             out["errors"].append(msg)
@@ -610,6 +666,7 @@ fn start_py_readers(cli: &Cli, names: &str) -> Vec<Child> {
                 )
                 .env("DOMS", names)
                 .env("SECS", cli.duration.to_string())
+                .env("SESSION", PY_SESSION_SECS.to_string())
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -755,14 +812,17 @@ fn run(cli: &Cli) -> Result<bool, String> {
     }
     let mut py = Vec::new();
     for r in readers.drain(..) {
-        // They end by themselves at the deadline; give them 30 s more, then kill.
+        // They end by themselves at the deadline (a stuck one exits 20 s after it, with a
+        // traceback); give them 30 s more, then kill and say so.
         let start = Instant::now();
         let mut r = r;
+        let mut killed = false;
         loop {
             match r.try_wait() {
                 Ok(Some(_)) => break,
                 _ if start.elapsed() > Duration::from_secs(30) => {
                     let _ = r.kill();
+                    killed = true;
                     break;
                 }
                 _ => std::thread::sleep(Duration::from_millis(100)),
@@ -771,6 +831,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
         if let Ok(o) = r.wait_with_output() {
             py.push((
                 o.status,
+                killed,
                 String::from_utf8_lossy(&o.stdout).trim().to_string(),
                 String::from_utf8_lossy(&o.stderr).trim().to_string(),
             ));
@@ -793,15 +854,22 @@ fn run(cli: &Cli) -> Result<bool, String> {
     // Report.
     let res = ctx.results.lock().unwrap();
     let mut healthy = restored.is_ok();
-    println!("\noperations (ok / refused as expected / failed):");
-    for (op, [ok, refused, failed]) in &res.ops {
-        println!("  {op:<10} {ok:>7} {refused:>7} {failed:>5}");
+    println!("\noperations (ok / refused as expected / timed out / failed):");
+    for (op, [ok, refused, timed, failed]) in &res.ops {
+        println!("  {op:<10} {ok:>7} {refused:>7} {timed:>5} {failed:>5}");
     }
     println!(
         "  console bytes read {}; reconnects {}",
         res.console_bytes, res.reconnects
     );
-    let failed: u64 = res.ops.values().map(|v| v[2]).sum();
+    let failed: u64 = res.ops.values().map(|v| v[3]).sum();
+    let timeouts: u64 = res.ops.values().map(|v| v[2]).sum();
+    if timeouts > 0 {
+        println!("timed out (libvirt's OPERATION_TIMEOUT; not counted as failures):");
+        for (m, n) in &res.timeouts {
+            println!("  {n:>5} × {m}");
+        }
+    }
     if failed > 0 {
         healthy = false;
         println!("unexpected errors:");
@@ -828,11 +896,18 @@ fn run(cli: &Cli) -> Result<bool, String> {
         );
     }
     println!("\npython3-libvirt console readers:");
-    for (st, out, err) in &py {
+    for (st, killed, out, err) in &py {
         println!("  exit {st}: {out}");
+        if *killed {
+            healthy = false;
+            println!("  killed: it did not end by itself within 30 s of the deadline");
+        }
         if !st.success() {
             healthy = false;
-            println!("  stderr: {}", err.lines().last().unwrap_or(""));
+            let lines: Vec<&str> = err.lines().collect();
+            for l in &lines[lines.len().saturating_sub(12)..] {
+                println!("  stderr: {l}");
+            }
         } else if out.contains("\"errors\": [\"") {
             healthy = false;
         }
@@ -931,6 +1006,14 @@ fn run(cli: &Cli) -> Result<bool, String> {
     if !cli.keep && cli.workdir.is_none() {
         let _ = std::fs::remove_dir_all(&workdir);
     }
-    println!("\nsoak: {}", if healthy { "PASS" } else { "FAIL" });
+    let timeouts = if timeouts > 0 {
+        format!(" ({timeouts} calls timed out, listed above)")
+    } else {
+        String::new()
+    };
+    println!(
+        "\nsoak: {}{timeouts}",
+        if healthy { "PASS" } else { "FAIL" }
+    );
     Ok(healthy)
 }
