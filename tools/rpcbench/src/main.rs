@@ -4,6 +4,7 @@
 
 mod conn;
 mod domains;
+mod floor;
 mod report;
 mod run;
 mod scenarios;
@@ -171,6 +172,17 @@ enum Cmd {
         #[arg(long, default_value_t = 30.0)]
         timeout: f64,
     },
+    /// Serve canned replies on 127.0.0.1:PORT (no dispatch, no state): the floor any
+    /// server on this machine can reach, to run the other scenarios against.
+    Floor {
+        /// Address to listen on, HOST:PORT (keep it on loopback).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// Runtime worker threads: 0 = tokio's default (one per CPU, as the daemon), 1 =
+        /// current-thread runtime.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
     /// Side-by-side table of two --out files, with how many times better B is.
     Compare {
         a: PathBuf,
@@ -278,6 +290,18 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Cmd::Floor { listen, threads } => {
+            let rt = if *threads == 0 {
+                tokio::runtime::Runtime::new()
+            } else {
+                runtime(*threads)
+            };
+            let result = rt.and_then(|rt| rt.block_on(floor::serve(listen)));
+            if let Err(e) = result {
+                eprintln!("rpcbench floor: {e}");
+            }
+            return ExitCode::FAILURE;
+        }
         Cmd::Version { c, .. } => (c, "version"),
         Cmd::Info { c, .. } => (c, "info"),
         Cmd::List { c, .. } => (c, "list"),
@@ -347,6 +371,7 @@ fn main() -> ExitCode {
                 .await
             }
             Cmd::Compare { .. }
+            | Cmd::Floor { .. }
             | Cmd::Targets { .. }
             | Cmd::UmlXml { .. }
             | Cmd::GenUmlDefs { .. } => unreachable!(),
