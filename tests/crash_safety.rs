@@ -774,6 +774,24 @@ fn restart_and_ask(d: &mut Daemon) -> Duration {
     t.elapsed()
 }
 
+/// Starts a daemon, defines `name`, kills the daemon during `virsh start NAME EXTRA`,
+/// holds the guest in its boot (SIGSTOP on its main process) and restarts the daemon, which
+/// must answer at once. Returns the daemon and the guest's main pid.
+fn restarted_during_a_start(name: &str, extra: &[&str]) -> (Daemon, i32) {
+    use nix::sys::signal::Signal;
+    let mut d = Daemon::start();
+    define_guest(&d, name);
+    let pid = kill_during_start(&mut d, name, extra);
+    signal_main(pid, Signal::SIGSTOP);
+    let answered = restart_and_ask(&mut d);
+    eprintln!("the restarted daemon answered after {answered:?}");
+    assert!(
+        answered < ANSWER_AT_ONCE,
+        "the daemon answered after {answered:?}"
+    );
+    (d, pid)
+}
+
 /// Signals the guest's main process alone. (Not its group: early in its boot UML checks
 /// ptrace on children of its own, which a SIGSTOP to the whole group makes fail.)
 fn signal_main(pid: i32, sig: nix::sys::signal::Signal) {
@@ -836,20 +854,10 @@ fn assert_only_guests(d: &Daemon, want: &BTreeMap<i32, String>) {
 /// paused (same process), sends the start's events, resumes and has a working console.
 #[test]
 fn sigkill_during_a_paused_start_leaves_the_guest_paused() {
-    use nix::sys::signal::Signal;
     let begun = Instant::now();
-    let mut d = Daemon::start();
     let name = "cs-paused";
-    define_guest(&d, name);
-    let pid = kill_during_start(&mut d, name, &["--paused"]);
     // Held in its boot, so that a client can watch the start complete.
-    signal_main(pid, Signal::SIGSTOP);
-    let answered = restart_and_ask(&mut d);
-    eprintln!("the restarted daemon answered after {answered:?}");
-    assert!(
-        answered < ANSWER_AT_ONCE,
-        "the daemon answered after {answered:?}"
-    );
+    let (mut d, pid) = restarted_during_a_start(name, &["--paused"]);
     // Meanwhile the domain is as during any start: not active yet.
     assert_eq!(domstate(&d, name), "shut off (unknown)");
     assert!(d.virsh_ok(&["list", "--name"]).trim().is_empty());
@@ -913,17 +921,8 @@ print("state", c.lookupByName("{name}").state())
 fn sigkill_during_a_start_does_not_delay_the_next_daemon() {
     use nix::sys::signal::Signal;
     let begun = Instant::now();
-    let mut d = Daemon::start();
     let name = "cs-boot";
-    define_guest(&d, name);
-    let pid = kill_during_start(&mut d, name, &[]);
-    signal_main(pid, Signal::SIGSTOP);
-    let answered = restart_and_ask(&mut d);
-    eprintln!("the restarted daemon answered after {answered:?}");
-    assert!(
-        answered < ANSWER_AT_ONCE,
-        "the daemon answered after {answered:?}"
-    );
+    let (mut d, pid) = restarted_during_a_start(name, &[]);
     assert!(
         status_starting(d.root.path(), name),
         "the start completed already"
@@ -963,19 +962,9 @@ fn sigkill_during_a_start_does_not_delay_the_next_daemon() {
 /// included, and the domain is shut off (failed); it starts again normally.
 #[test]
 fn a_start_that_never_completes_ends_shut_off_failed() {
-    use nix::sys::signal::Signal;
     let begun = Instant::now();
-    let mut d = Daemon::start();
     let name = "cs-stuck";
-    define_guest(&d, name);
-    let pid = kill_during_start(&mut d, name, &[]);
-    signal_main(pid, Signal::SIGSTOP);
-    let answered = restart_and_ask(&mut d);
-    eprintln!("the restarted daemon answered after {answered:?}");
-    assert!(
-        answered < ANSWER_AT_ONCE,
-        "the daemon answered after {answered:?}"
-    );
+    let (mut d, _) = restarted_during_a_start(name, &[]);
     assert_eq!(domstate(&d, name), "shut off (unknown)");
     // The start's 30 s run from the guest's spawn.
     wait_domstate(&d, name, "shut off (failed)", Duration::from_secs(40));
