@@ -461,22 +461,8 @@ impl Driver {
         if obj.data().state.state == st::PAUSED {
             return Ok(());
         }
-        let r = guest_command(obj, &guest, "stop").await;
-        // "Already stopped": an earlier `stop` whose caller gave up was carried out.
-        if !answered(&r, "Already stopped") {
-            if let Err(e) = r {
-                return Err(self.gave_up(
-                    obj,
-                    generation,
-                    guest,
-                    e,
-                    PauseChange::Paused,
-                    "suspend",
-                ));
-            }
-        }
-        self.record_pause_change(obj, PauseChange::Paused);
-        Ok(())
+        self.pause_change(obj, guest, generation, PauseChange::Paused)
+            .await
     }
 
     /// `virDomainResume`: UML's `go`.
@@ -486,21 +472,31 @@ impl Driver {
         if obj.data().state.state != st::PAUSED {
             return Err(Error::new(code::OPERATION_INVALID, "domain is not paused"));
         }
-        let r = guest_command(obj, &guest, "go").await;
-        // "Not stopped": the guest runs (an abandoned `go` was carried out late).
-        if !answered(&r, "Not stopped") {
+        self.pause_change(obj, guest, generation, PauseChange::Resumed)
+            .await
+    }
+
+    /// Sends `stop` or `go` and records what the guest did. The caller holds the job. The
+    /// guest's "Already stopped" / "Not stopped" means an earlier request whose caller gave
+    /// up was carried out late: the guest is in the wanted state.
+    async fn pause_change(
+        &self,
+        obj: &Arc<DomainObj>,
+        guest: Guest,
+        generation: u64,
+        change: PauseChange,
+    ) -> Result<()> {
+        let (cmd, already, what) = match change {
+            PauseChange::Paused => ("stop", "Already stopped", "suspend"),
+            PauseChange::Resumed => ("go", "Not stopped", "resume"),
+        };
+        let r = guest_command(obj, &guest, cmd).await;
+        if !answered(&r, already) {
             if let Err(e) = r {
-                return Err(self.gave_up(
-                    obj,
-                    generation,
-                    guest,
-                    e,
-                    PauseChange::Resumed,
-                    "resume",
-                ));
+                return Err(self.gave_up(obj, generation, guest, e, change, what));
             }
         }
-        self.record_pause_change(obj, PauseChange::Resumed);
+        self.record_pause_change(obj, change);
         Ok(())
     }
 
