@@ -321,14 +321,20 @@ impl Driver {
             }
         };
         let pumps = start_pumps(&def, ptys, false);
-        Ok(Live {
+        Ok(self.new_live(def, id, guest, pumps))
+    }
+
+    /// The running state of a guest just launched or found again, with a generation of its
+    /// own so that watchers of an earlier process of the domain do nothing.
+    fn new_live(&self, def: Arc<DomainDef>, id: i32, guest: Guest, pumps: Vec<LivePump>) -> Live {
+        Live {
             def,
             id,
             guest,
             pumps,
             intent: None,
             generation: self.0.next_generation.fetch_add(1, Ordering::Relaxed),
-        })
+        }
     }
 
     /// Installs a launched guest and starts its watcher.
@@ -832,14 +838,7 @@ impl Driver {
             }
         };
         let pumps = start_pumps(&def, ptys, true);
-        let live = Live {
-            def,
-            id: status.id,
-            guest,
-            pumps,
-            intent: None,
-            generation: self.0.next_generation.fetch_add(1, Ordering::Relaxed),
-        };
+        let live = self.new_live(def, status.id, guest, pumps);
         tracing::info!(domain = %name, id = status.id, "reattached to running guest");
         self.install(&obj, live, status.state);
         Ok((status.id, pid))
@@ -899,14 +898,7 @@ impl Driver {
         // Nobody pumped these lines yet (a start does once the guest is ready): their logs
         // start here, as on any start.
         let pumps = start_pumps(&def, ptys, false);
-        let live = Live {
-            def,
-            id: status.id,
-            guest,
-            pumps,
-            intent: None,
-            generation: self.0.next_generation.fetch_add(1, Ordering::Relaxed),
-        };
+        let live = self.new_live(def, status.id, guest, pumps);
         tracing::info!(domain = %obj.name, id = status.id, "reattached to a guest that completed its start");
         self.install(obj, live, status.state);
         self.emit_lifecycle(obj, event::STARTED, event::STARTED_BOOTED);

@@ -686,17 +686,7 @@ pub async fn reattach(
     if recorded != Some(pid) {
         return mismatch(format!("{} holds {recorded:?}", pidfile.display()));
     }
-    let mut guest = Guest {
-        pid,
-        start_time,
-        umid: umid.to_owned(),
-        uml_dir: uml_dir.to_owned(),
-        mconsole_path: uml_dir.join(umid).join("mconsole"),
-        ptys: Vec::new(),
-        pidfd: Arc::new(pidfd),
-        // Still registered if this very process launched it and dropped the handle.
-        exit: reaper::lookup(pid),
-    };
+    let mut guest = Guest::found(pid, start_time, umid, uml_dir, pidfd);
     guest.mconsole().version().await?;
     for dev in pty_devices {
         let path = guest.query_pty(dev).await?;
@@ -741,16 +731,7 @@ pub fn find_starting(
             reason: "not the leader of its own session and process group".into(),
         });
     }
-    Ok(Guest {
-        pid,
-        start_time,
-        umid: umid.to_owned(),
-        uml_dir: uml_dir.to_owned(),
-        mconsole_path: uml_dir.join(umid).join("mconsole"),
-        ptys: Vec::new(),
-        pidfd: Arc::new(pidfd),
-        exit: reaper::lookup(pid),
-    })
+    Ok(Guest::found(pid, start_time, umid, uml_dir, pidfd))
 }
 
 /// The slow second step after [`find_starting`]: waits until the mconsole of the guest
@@ -863,6 +844,22 @@ impl PtyLine {
 }
 
 impl Guest {
+    /// A handle on a guest this process did not launch (or launched and let go), found by
+    /// its pid, start time and umid.
+    fn found(pid: i32, start_time: u64, umid: &str, uml_dir: &Path, pidfd: OwnedFd) -> Guest {
+        Guest {
+            pid,
+            start_time,
+            umid: umid.to_owned(),
+            uml_dir: uml_dir.to_owned(),
+            mconsole_path: uml_dir.join(umid).join("mconsole"),
+            ptys: Vec::new(),
+            pidfd: Arc::new(pidfd),
+            // Still registered if this very process launched it and dropped the handle.
+            exit: reaper::lookup(pid),
+        }
+    }
+
     /// A duplicate of the guest's descriptor `fd` (pidfd_getfd; Linux 5.6+, needs the
     /// right to ptrace the guest, which its owner and root have).
     pub fn take_fd(&self, fd: i32) -> io::Result<OwnedFd> {
