@@ -577,13 +577,7 @@ fn crash_loop(clients_start: bool) {
             support::tail(&d.log(), 40)
         );
         // virsh sees the same.
-        let listed: BTreeSet<String> = d
-            .virsh_ok(&["list", "--name"])
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect();
+        let listed = listed_running(&d);
         assert_eq!(
             listed, running,
             "iteration {iteration}: virsh list disagrees"
@@ -829,6 +823,16 @@ print("ok")
     assert!(python_ok(&d.tcp_uri(), &script).contains("ok"));
 }
 
+/// The running domains `virsh list --name` shows.
+fn listed_running(d: &Daemon) -> BTreeSet<String> {
+    d.virsh_ok(&["list", "--name"])
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Every process of the root's guests belongs to one of the guests the daemon lists as
 /// running, which are exactly `want` (main pid → name).
 fn assert_only_guests(d: &Daemon, want: &BTreeMap<i32, String>) {
@@ -840,14 +844,11 @@ fn assert_only_guests(d: &Daemon, want: &BTreeMap<i32, String>) {
         Vec::<i32>::new(),
         "stray processes"
     );
-    let listed: BTreeSet<String> = d
-        .virsh_ok(&["list", "--name"])
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
-    assert_eq!(listed, want.values().cloned().collect(), "virsh list");
+    assert_eq!(
+        listed_running(d),
+        want.values().cloned().collect(),
+        "virsh list"
+    );
 }
 
 /// `virsh start --paused` cut short: the new daemon completes the start, so the guest ends
