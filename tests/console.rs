@@ -236,48 +236,11 @@ print("state", dom.state())
 fn console_works_after_a_daemon_restart_and_ends_cleanly_on_reboot() {
     let mut d = Daemon::start();
     start_guest(&d, "again");
-    let echo = |tag: &str| {
-        format!(
-            r#"
-import libvirt, os, time
-c = libvirt.open(os.environ["URI"])
-dom = c.lookupByName("again")
-deadline = time.time() + 60
-while True:
-    try:
-        st = c.newStream(0)
-        dom.openConsole(None, st, 0)
-        break
-    except libvirt.libvirtError as e:
-        # Right after a reboot the new console may not be there yet.
-        if time.time() > deadline:
-            raise
-        time.sleep(0.2)
-# A new daemon has no recent output to replay: Enter makes the shell show its prompt.
-st.send(b"\r")
-got = b""
-while b"guest# " not in got:
-    d = st.recv(4096)
-    if not d:
-        raise SystemExit("end of stream before the prompt: %r" % got[-300:])
-    got += d
-time.sleep(0.3)
-st.send(b"echo {tag}-$((4*4))\r")
-while b"{tag}-16" not in got:
-    d = st.recv(4096)
-    if not d:
-        raise SystemExit("end of stream: %r" % got[-300:])
-    got += d
-st.finish()
-print("ok")
-"#
-        )
-    };
-    assert!(python_ok(&d.tcp_uri(), &echo("before")).contains("ok"));
+    support::console_answers(&d.tcp_uri(), "again", "before");
     // A crash of the daemon: the guest keeps its console, and the new daemon finds it.
     d.kill9();
     d.spawn();
-    assert!(python_ok(&d.tcp_uri(), &echo("after")).contains("ok"));
+    support::console_answers(&d.tcp_uri(), "again", "after");
     // A reboot ends an attached session with end-of-stream.
     let script = r#"
 import libvirt, os, time
@@ -295,7 +258,7 @@ st.finish()
 "#;
     assert!(python_ok(&d.tcp_uri(), script).contains("eof"));
     // And the rebooted guest has a working console again.
-    assert!(python_ok(&d.tcp_uri(), &echo("rebooted")).contains("ok"));
+    support::console_answers(&d.tcp_uri(), "again", "rebooted");
 }
 
 #[test]

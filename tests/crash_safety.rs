@@ -792,37 +792,6 @@ fn signal_main(pid: i32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("kill");
 }
 
-/// The guest's console answers a command, through python3-libvirt's console stream.
-fn console_answers(d: &Daemon, name: &str, tag: &str) {
-    let script = format!(
-        r#"
-import libvirt, os, time
-c = libvirt.open(os.environ["URI"])
-dom = c.lookupByName("{name}")
-st = c.newStream(0)
-dom.openConsole(None, st, 0)
-# Enter makes the shell show its prompt (the boot may be long over).
-st.send(b"\r")
-got = b""
-while b"guest# " not in got:
-    d = st.recv(4096)
-    if not d:
-        raise SystemExit("end of stream before the prompt: %r" % got[-300:])
-    got += d
-time.sleep(0.3)
-st.send(b"echo {tag}-$((6*7))\r")
-while b"{tag}-42" not in got:
-    d = st.recv(4096)
-    if not d:
-        raise SystemExit("end of stream: %r" % got[-300:])
-    got += d
-st.finish()
-print("ok")
-"#
-    );
-    assert!(python_ok(&d.tcp_uri(), &script).contains("ok"));
-}
-
 /// The running domains `virsh list --name` shows.
 fn listed_running(d: &Daemon) -> BTreeSet<String> {
     d.virsh_ok(&["list", "--name"])
@@ -901,7 +870,7 @@ print("state", c.lookupByName("{name}").state())
     assert_only_guests(&d, &BTreeMap::from([(pid, name.to_string())]));
     d.virsh_ok(&["resume", name]);
     assert_eq!(domstate(&d, name), "running (unpaused)");
-    console_answers(&d, name, "paused");
+    support::console_answers(&d.tcp_uri(), name, "paused");
     assert_only_guests(&d, &BTreeMap::from([(pid, name.to_string())]));
     d.virsh_ok(&["destroy", name]);
     assert!(wait_until(Duration::from_secs(10), || guest_pids(
@@ -948,7 +917,7 @@ fn sigkill_during_a_start_does_not_delay_the_next_daemon() {
     assert_eq!(status_pid(d.root.path(), name), Some(pid));
     assert!(!status_starting(d.root.path(), name));
     assert_only_guests(&d, &BTreeMap::from([(pid, name.to_string())]));
-    console_answers(&d, name, "booted");
+    support::console_answers(&d.tcp_uri(), name, "booted");
     d.virsh_ok(&["destroy", name]);
     assert!(wait_until(Duration::from_secs(10), || guest_pids(
         d.root.path()
@@ -980,7 +949,7 @@ fn a_start_that_never_completes_ends_shut_off_failed() {
     eprintln!("failed after {:?}", begun.elapsed());
     d.virsh_ok(&["start", name]);
     assert_eq!(domstate(&d, name), "running (booted)");
-    console_answers(&d, name, "again");
+    support::console_answers(&d.tcp_uri(), name, "again");
     d.virsh_ok(&["destroy", name]);
     assert!(d.stop(), "the daemon did not stop cleanly");
     eprintln!("a start that never completes: {:?}", begun.elapsed());

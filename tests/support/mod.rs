@@ -447,6 +447,46 @@ impl Raw {
     }
 }
 
+/// Through python3-libvirt's console stream, the guest `name`'s shell answers a command
+/// tagged `tag` (Enter first: a new daemon may have no recent output to replay). Retries
+/// opening the console for up to 60 s, since right after a reboot it may not be there yet.
+pub fn console_answers(uri: &str, name: &str, tag: &str) {
+    let script = format!(
+        r#"
+import libvirt, os, time
+c = libvirt.open(os.environ["URI"])
+dom = c.lookupByName("{name}")
+deadline = time.time() + 60
+while True:
+    try:
+        st = c.newStream(0)
+        dom.openConsole(None, st, 0)
+        break
+    except libvirt.libvirtError as e:
+        if time.time() > deadline:
+            raise
+        time.sleep(0.2)
+st.send(b"\r")
+got = b""
+while b"guest# " not in got:
+    d = st.recv(4096)
+    if not d:
+        raise SystemExit("end of stream before the prompt: %r" % got[-300:])
+    got += d
+time.sleep(0.3)
+st.send(b"echo {tag}-$((6*7))\r")
+while b"{tag}-42" not in got:
+    d = st.recv(4096)
+    if not d:
+        raise SystemExit("end of stream: %r" % got[-300:])
+    got += d
+st.finish()
+print("ok")
+"#
+    );
+    assert!(python_ok(uri, &script).contains("ok"));
+}
+
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
