@@ -11,6 +11,7 @@ use virtumld_protocol::frame;
 use virtumld_protocol::header::{Header, MessageType, Status, REMOTE_PROGRAM};
 use virtumld_protocol::limits::MESSAGE_MAX;
 use virtumld_protocol::procedures::proc as p;
+use virtumld_protocol::remote::{DomainOpenConsoleArgs, NonnullDomain};
 use virtumld_protocol::xdr::{self, Xdr};
 
 /// A call's outcome: the reply payload, or the daemon's error.
@@ -119,6 +120,20 @@ impl Conn {
         Ok(self
             .call(procedure, &xdr::to_bytes(args))?
             .map(|b| xdr::from_bytes::<T>(&b).expect("a well-formed reply")))
+    }
+
+    /// DOMAIN_OPEN_CONSOLE on `dom`'s first console: the stream's serial and the reply.
+    pub fn open_console(&mut self, dom: &NonnullDomain) -> io::Result<(u32, Outcome)> {
+        let serial = self.next_serial();
+        let args = DomainOpenConsoleArgs {
+            dom: dom.clone(),
+            dev_name: None,
+            flags: 0,
+        };
+        Ok((
+            serial,
+            self.call(p::DOMAIN_OPEN_CONSOLE, &xdr::to_bytes(&args))?,
+        ))
     }
 
     /// The serial the next call will use (a stream opened by it reuses it).

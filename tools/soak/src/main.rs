@@ -26,7 +26,7 @@ use virtumld_protocol::procedures::proc as p;
 use virtumld_protocol::remote::{
     ConnectListAllDomainsArgs, ConnectListAllDomainsRet, DomainDefineXmlArgs, DomainDefineXmlRet,
     DomainGetInfoArgs, DomainGetInfoRet, DomainGetStateArgs, DomainGetStateRet,
-    DomainGetXmlDescArgs, DomainGetXmlDescRet, DomainOpenConsoleArgs, NonnullDomain,
+    DomainGetXmlDescArgs, DomainGetXmlDescRet, NonnullDomain,
 };
 use virtumld_protocol::xdr;
 
@@ -419,15 +419,7 @@ fn settle(addr: &str, doms: &[NonnullDomain]) -> std::io::Result<()> {
     std::thread::sleep(SETTLE);
     let mut c = Conn::open(addr)?;
     for dom in doms {
-        let serial = c.next_serial();
-        let r = c.call(
-            p::DOMAIN_OPEN_CONSOLE,
-            &xdr::to_bytes(&DomainOpenConsoleArgs {
-                dom: dom.clone(),
-                dev_name: None,
-                flags: 0,
-            }),
-        )?;
+        let (serial, r) = c.open_console(dom)?;
         r.map_err(conn::remote_io)?;
         c.stream_send(p::DOMAIN_OPEN_CONSOLE, serial, Status::CONTINUE, b"\r")?;
         let read_until = Instant::now() + Duration::from_secs(2);
@@ -627,15 +619,7 @@ fn lifecycle(c: &mut Conn, ctx: &Ctx, dom: &NonnullDomain, rng: &mut Rng) -> std
 /// A console session: open, read about 300 ms (typing a line), finish, wait for the
 /// confirmation.
 fn console(c: &mut Conn, ctx: &Ctx, dom: &NonnullDomain, rng: &mut Rng) -> std::io::Result<()> {
-    let serial = c.next_serial();
-    let r = c.call(
-        p::DOMAIN_OPEN_CONSOLE,
-        &xdr::to_bytes(&DomainOpenConsoleArgs {
-            dom: dom.clone(),
-            dev_name: None,
-            flags: 0,
-        }),
-    )?;
+    let (serial, r) = c.open_console(dom)?;
     if r.is_err() {
         record(ctx, "console", r);
         return Ok(());
