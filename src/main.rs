@@ -60,7 +60,10 @@ fn main() -> ExitCode {
     for w in warnings {
         warn!("{}: {w}", config_path.display());
     }
+    // Multi-thread even with one worker: `persist::on_disk` needs it to move the other
+    // connections to a fresh thread while a call waits on the disk.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers())
         .enable_all()
         .build()
     {

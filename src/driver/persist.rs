@@ -1,14 +1,33 @@
 //! Crash-safe files: every write goes to a temporary file in the same directory, is synced,
 //! renamed over the target and the directory synced, so a `kill -9` at any moment leaves
 //! either the old or the new content, never a mix.
+//!
+//! A sync can take milliseconds (seconds on a busy disk), so every function here that waits
+//! on the disk does it through `on_disk`, which hands the runtime worker's other tasks to
+//! another thread first: other clients are served while one call waits.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+/// Runs `f`, which blocks on the disk, without holding up the runtime worker it is called
+/// on (tokio's `block_in_place`). Outside a multi-thread runtime (unit tests, start-up
+/// before the runtime serves anyone) it just runs `f`.
+pub fn on_disk<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Writes `data` to `path` atomically (mode 0600).
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    on_disk(|| write_atomic_here(path, data))
+}
+
+fn write_atomic_here(path: &Path, data: &[u8]) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
@@ -42,6 +61,10 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 
 /// Removes `path` (absent is fine) and syncs its directory.
 pub fn remove(path: &Path) -> io::Result<()> {
+    on_disk(|| remove_here(path))
+}
+
+fn remove_here(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -74,6 +97,34 @@ pub fn clean_temporaries(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A call waiting on the disk must not hold up the only worker: the second task runs
+    /// (and unblocks the first) while the first is inside `on_disk`. Without the hand-off
+    /// the first task would wait out its 10 s and report that nobody ran.
+    #[test]
+    fn on_disk_lets_other_tasks_run_on_a_single_worker() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let waiter = rt.spawn(async move {
+            let _ = entered_tx.send(());
+            on_disk(|| rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok())
+        });
+        let other = rt.spawn(async move {
+            let _ = entered_rx.await;
+            let _ = tx.send(());
+        });
+        rt.block_on(async {
+            other.await.unwrap();
+            assert!(
+                waiter.await.unwrap(),
+                "the other task did not run during on_disk"
+            );
+        });
+    }
 
     #[test]
     fn replaces_content_and_leaves_no_temporary() {

@@ -860,7 +860,8 @@ impl Storage {
                     Error::system(format!("cannot create volume '{}'", path.display()), &e)
                 }
             })?;
-        let result = (|| {
+        // Allocating and syncing may take long: off the runtime worker.
+        let result = persist::on_disk(|| {
             // The mode given at open is filtered by the umask; set it as asked.
             if let Some(m) = def.perms.mode {
                 file.set_permissions(fs::Permissions::from_mode(m))?;
@@ -878,7 +879,7 @@ impl Storage {
                 std::os::unix::fs::fchown(&file, def.perms.owner, def.perms.group)?;
             }
             file.sync_all()
-        })();
+        });
         if let Err(e) = result {
             let _ = fs::remove_file(&path);
             return Err(Error::system(
@@ -953,7 +954,7 @@ impl Storage {
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| Error::system(format!("cannot open '{}'", path.display()), &e))?;
-        let r = (|| {
+        let r = persist::on_disk(|| {
             f.set_len(target)?;
             if flags & 1 != 0 && target > m.len() {
                 nix::fcntl::posix_fallocate(
@@ -964,7 +965,7 @@ impl Storage {
                 .map_err(io::Error::from)?;
             }
             f.sync_all()
-        })();
+        });
         r.map_err(|e| Error::system(format!("cannot resize '{}'", path.display()), &e))
     }
 
