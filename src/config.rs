@@ -138,8 +138,8 @@ impl Config {
     /// The runtime's worker threads: `worker_threads`, or one fewer than the CPUs (at least
     /// one). Serving calls takes microseconds; the cores belong to the guests and to local
     /// clients, and a worker per core makes the daemon compete with them. On the 2-core
-    /// benchmark machine one worker served open+close cycles 17–25 % faster than two and used
-    /// a quarter less CPU per sequential call (BENCHMARKS.md, "Runtime workers").
+    /// benchmark machine one worker used half the CPU per call of two at 2000 calls/s and
+    /// served open+close cycles as fast or faster (BENCHMARKS.md, "Runtime workers").
     pub fn workers(&self) -> usize {
         self.worker_threads.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
