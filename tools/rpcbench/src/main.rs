@@ -178,8 +178,8 @@ enum Cmd {
         /// Address to listen on, HOST:PORT (keep it on loopback).
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
-        /// Runtime worker threads: 0 = tokio's default (one per CPU, as the daemon), 1 =
-        /// current-thread runtime.
+        /// Runtime worker threads: 0 = tokio's default (one per CPU), 1 = current-thread
+        /// runtime (the cheapest; what tools/bench-vs-libvirtd uses).
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
