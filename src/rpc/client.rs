@@ -177,17 +177,8 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
-    use std::task::{Wake, Waker};
-
-    #[derive(Default)]
-    struct Flag(AtomicBool);
-
-    impl Wake for Flag {
-        fn wake(self: Arc<Self>) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
+    use crate::rpc::outbox::test_waker::Flag;
+    use std::task::Waker;
 
     #[test]
     fn call_slots_are_bounded_and_a_finished_call_wakes_a_waiting_connection() {
@@ -204,11 +195,11 @@ mod tests {
         c.outbox.register(&Waker::from(flag.clone()));
         // Not waiting for a slot: no wake-up.
         drop(a);
-        assert!(!flag.0.load(Ordering::SeqCst));
+        assert!(!flag.taken());
         let a = c.try_call_slot(2).expect("freed");
         assert_eq!(c.want_slot(), 2);
         drop(b);
-        assert!(flag.0.load(Ordering::SeqCst));
+        assert!(flag.taken());
         c.no_slot_wanted();
         assert!(c.try_call_slot(2).is_some());
         drop(a);

@@ -182,15 +182,15 @@ impl Outbox {
     }
 }
 
+/// A waker that records being woken, for the tests of this module and of `client`.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_waker {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     use std::task::Wake;
 
     #[derive(Default)]
-    struct Flag(AtomicBool);
+    pub(crate) struct Flag(AtomicBool);
 
     impl Wake for Flag {
         fn wake(self: Arc<Self>) {
@@ -199,10 +199,18 @@ mod tests {
     }
 
     impl Flag {
-        fn taken(&self) -> bool {
+        /// Whether it was woken since the last look.
+        pub(crate) fn taken(&self) -> bool {
             self.0.swap(false, Ordering::SeqCst)
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_waker::Flag;
+    use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn the_connection_is_woken_by_other_senders_not_by_its_own_replies() {
