@@ -164,13 +164,10 @@ c = libvirt.open(os.environ["URI"])
 dom = c.lookupByName("py")
 st = c.newStream(0)
 dom.openConsole(None, st, 0)
-got = b""
-while b"guest# " not in got:
-    got += st.recv(4096)
+got = read_until(st, b"guest# ")
 time.sleep(0.3)
 st.send(b"echo stream-$((5*5))\r")
-while b"stream-25" not in got:
-    got += st.recv(4096)
+got = read_until(st, b"stream-25", got)
 print("found" if b"stream-25" in got else "missing")
 st.abort()
 # The line is free again after the abort.
@@ -212,9 +209,7 @@ c = libvirt.open(os.environ["URI"])
 dom = c.lookupByName("logged")
 st = c.newStream(0)
 dom.openConsole(None, st, 0)
-got = b""
-while b"guest# " not in got:
-    got += st.recv(4096)
+read_until(st, b"guest# ")
 time.sleep(0.3)
 st.send(b"echo c > /proc/sysrq-trigger\r")
 deadline = time.time() + 20
@@ -261,18 +256,23 @@ st.finish()
     support::console_answers(&d.tcp_uri(), "again", "rebooted");
 }
 
-#[test]
-fn serial_lines_open_by_devname() {
-    let d = Daemon::start();
-    let img = guest_image(d.root.path(), "ser");
-    let xml = guest_xml("ser", &img).replace(
+/// Defines and starts `name` with a pty console and a pty serial line.
+fn start_with_serial(d: &Daemon, name: &str) {
+    let img = guest_image(d.root.path(), name);
+    let xml = guest_xml(name, &img).replace(
         "<console type='pty'/>",
         "<console type='pty'/><serial type='pty'/>",
     );
-    let f = d.root.path().join("ser.xml");
+    let f = d.root.path().join(format!("{name}.xml"));
     std::fs::write(&f, xml).unwrap();
     d.virsh_ok(&["define", &f.display().to_string()]);
-    d.virsh_ok(&["start", "ser"]);
+    d.virsh_ok(&["start", name]);
+}
+
+#[test]
+fn serial_lines_open_by_devname() {
+    let d = Daemon::start();
+    start_with_serial(&d, "ser");
     assert!(d
         .virsh_ok(&["dumpxml", "ser"])
         .contains("<alias name='serial0'/>"));
@@ -285,17 +285,10 @@ ser = c.newStream(0)
 dom.openConsole("serial0", ser, 0)
 con = c.newStream(0)
 dom.openConsole("console0", con, 0)
-got = b""
-while b"guest# " not in got:
-    got += con.recv(4096)
+read_until(con, b"guest# ")
 time.sleep(0.3)
 con.send(b"echo SER-$((2*3)) > /dev/ttyS0\r")
-seen = b""
-while b"SER-6" not in seen:
-    d = ser.recv(4096)
-    if not d:
-        raise SystemExit("serial0 ended")
-    seen += d
+read_until(ser, b"SER-6")
 print("serial ok")
 try:
     dom.openConsole("serial7", c.newStream(0), 0)
@@ -320,15 +313,7 @@ except libvirt.libvirtError as e:
 #[test]
 fn a_destroyed_or_shut_down_guest_ends_every_attached_stream() {
     let d = Daemon::start();
-    let img = guest_image(d.root.path(), "eof");
-    let xml = guest_xml("eof", &img).replace(
-        "<console type='pty'/>",
-        "<console type='pty'/><serial type='pty'/>",
-    );
-    let f = d.root.path().join("eof.xml");
-    std::fs::write(&f, xml).unwrap();
-    d.virsh_ok(&["define", &f.display().to_string()]);
-    d.virsh_ok(&["start", "eof"]);
+    start_with_serial(&d, "eof");
     let script = r#"
 import faulthandler, libvirt, os, subprocess, threading, time
 faulthandler.dump_traceback_later(100, exit=True)
@@ -340,12 +325,7 @@ def attach():
     con, ser = c.newStream(0), c.newStream(0)
     dom.openConsole("console0", con, 0)
     dom.openConsole("serial0", ser, 0)
-    got = b""
-    while b"guest# " not in got:
-        d = con.recv(4096)
-        if not d:
-            raise SystemExit("end of stream before the prompt: %r" % got[-300:])
-        got += d
+    read_until(con, b"guest# ")
     return con, ser
 
 def until_eof(st):

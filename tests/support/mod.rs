@@ -309,6 +309,18 @@ pub fn virsh(uri: &str, args: &[&str]) -> Output {
 pub const PYTHON_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs a python3-libvirt script (Debian's python: /usr/bin/python3) with `URI` set.
+/// Put before every script `python` runs: reading a stream until a token, ending the script
+/// with the tail of what came if the stream ends first (a bare `recv` loop would spin on b"").
+const PY_PRELUDE: &str = r#"
+def read_until(st, token, got=b""):
+    while token not in got:
+        d = st.recv(4096)
+        if not d:
+            raise SystemExit("end of stream before %r: %r" % (token, got[-300:]))
+        got += d
+    return got
+"#;
+
 pub fn python(uri: &str, script: &str) -> Output {
     let mut child = Command::new("/usr/bin/python3")
         .arg("-u")
@@ -323,7 +335,7 @@ pub fn python(uri: &str, script: &str) -> Output {
         .stdin
         .take()
         .expect("stdin")
-        .write_all(script.as_bytes())
+        .write_all(format!("{PY_PRELUDE}{script}").as_bytes())
         .expect("write script");
     // A client stuck on a missing reply must fail the test, not hang it.
     let pid = child.id() as i32;
@@ -467,19 +479,10 @@ while True:
             raise
         time.sleep(0.2)
 st.send(b"\r")
-got = b""
-while b"guest# " not in got:
-    d = st.recv(4096)
-    if not d:
-        raise SystemExit("end of stream before the prompt: %r" % got[-300:])
-    got += d
+got = read_until(st, b"guest# ")
 time.sleep(0.3)
 st.send(b"echo {tag}-$((6*7))\r")
-while b"{tag}-42" not in got:
-    d = st.recv(4096)
-    if not d:
-        raise SystemExit("end of stream: %r" % got[-300:])
-    got += d
+read_until(st, b"{tag}-42", got)
 st.finish()
 print("ok")
 "#
