@@ -139,6 +139,7 @@ pub async fn connect_open(ctx: &Ctx<'_>, a: ConnectOpenArgs) -> Reply<()> {
 
 pub async fn connect_close(ctx: &Ctx<'_>) -> Reply<()> {
     super::disconnected(ctx.daemon, ctx.client);
+    ctx.client.say_goodbye();
     Ok(())
 }
 

@@ -64,6 +64,8 @@ pub struct Client {
     keepalive: AtomicBool,
     /// Set by `request_close`.
     close: AtomicBool,
+    /// Set by `say_goodbye`.
+    goodbye: AtomicBool,
     /// Calls in service (`CallSlot`s), plus `WANT_SLOT` while the connection task waits
     /// for one to finish.
     calls: AtomicUsize,
@@ -84,6 +86,7 @@ impl Client {
             opened: Mutex::new(None),
             keepalive: AtomicBool::new(false),
             close: AtomicBool::new(false),
+            goodbye: AtomicBool::new(false),
             calls: AtomicUsize::new(0),
             streams: Streams::default(),
         }
@@ -140,6 +143,16 @@ impl Client {
 
     pub fn close_requested(&self) -> bool {
         self.close.load(Ordering::Acquire)
+    }
+
+    /// CONNECT_CLOSE was answered: the connection serves nothing more (the connection task
+    /// runs it, so it needs no wake-up).
+    pub fn say_goodbye(&self) {
+        self.goodbye.store(true, Ordering::Release);
+    }
+
+    pub fn said_goodbye(&self) -> bool {
+        self.goodbye.load(Ordering::Acquire)
     }
 
     /// A place for one more call when fewer than `max` are in service.

@@ -218,6 +218,16 @@ where
             if c.anonymous && c.client.is_authenticated() {
                 c.leave_anonymous();
             }
+            // After CONNECT_CLOSE the client is expected to close its side, as every stock
+            // one does right after the reply: its end of stream closes the connection, and
+            // anything else it sends closes it at once, unanswered (libvirtd closes as soon
+            // as the reply is out). Closing first only for a client that sends more keeps
+            // the TCP TIME_WAIT state on the client's side, which makes the daemon's
+            // open+close cycle about 5 % faster.
+            if c.client.said_goodbye() && !c.buf.is_empty() {
+                debug!("closing connection: data after CONNECT_CLOSE");
+                break;
+            }
             if !c.decoding {
                 if let Some(layer) = c.client.auth.read_layer() {
                     // Everything after the call that completed authentication is wrapped
@@ -233,8 +243,13 @@ where
             }
             // Handle every whole message already buffered.
             // Not while the outbox is over its limit: each message read may add a reply
-            // (a big one, for a call answered here) beyond it.
-            while !c.pending.full() && !c.client.outbox.is_full() {
+            // (a big one, for a call answered here) beyond it. Nothing after CONNECT_CLOSE
+            // or a request to close is served.
+            while !c.pending.full()
+                && !c.client.outbox.is_full()
+                && !c.client.close_requested()
+                && !c.client.said_goodbye()
+            {
                 let msg = match c.next_message() {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
