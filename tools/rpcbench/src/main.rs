@@ -193,7 +193,14 @@ enum Cmd {
         label_b: String,
     },
     /// Check the targets against libvirtd (A) and virtumld (B) result files.
-    Targets { a: PathBuf, b: PathBuf },
+    Targets {
+        a: PathBuf,
+        b: PathBuf,
+        /// Results of `rpcbench floor` in the same rounds: each target it has a figure for
+        /// also says whether the floor itself meets it.
+        #[arg(long)]
+        floor: Option<PathBuf>,
+    },
     /// Print the UML domain XML rpcbench defines (for `virsh define`).
     UmlXml { name: String, uuid: Option<String> },
     /// Write N UML definition files DIR/PREFIX-NNNNN.xml (virtumld's `ROOT/etc/libvirt/uml`).
@@ -257,8 +264,8 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Cmd::Targets { a, b } => {
-            return match report::targets(a, b) {
+        Cmd::Targets { a, b, floor } => {
+            return match report::targets(a, b, floor.as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("rpcbench: {e}");

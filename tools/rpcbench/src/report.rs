@@ -154,11 +154,35 @@ fn find_key(rows: &[(String, String)], prefix: &str, suffix: &str) -> Option<Str
         .cloned()
 }
 
+/// The floor's verdict on a target, appended to its line: a target the floor misses too
+/// is out of reach on this machine, whatever the server does.
+fn floor_note(figure: String, met: bool) -> String {
+    let verdict = if met { "meets" } else { "misses" };
+    format!("; floor {figure} (the floor {verdict} it)")
+}
+
 /// Checks the performance targets against a libvirtd (`a`) and a virtumld (`b`)
-/// result file written by tools/bench-vs-libvirtd, and prints one line per target.
-pub fn targets(a: &Path, b: &Path) -> std::io::Result<()> {
+/// result file written by tools/bench-vs-libvirtd, and prints one line per target; with
+/// `floor` (`rpcbench floor` measured in the same rounds), the floor's own verdict too.
+pub fn targets(a: &Path, b: &Path, floor: Option<&Path>) -> std::io::Result<()> {
     let l = read_rows(a)?;
     let v = read_rows(b)?;
+    let f = floor.map(read_rows).transpose()?.unwrap_or_default();
+    for (what, val, ok) in check_targets(&l, &v, &f) {
+        let verdict = match ok {
+            Some(true) => "MET   ",
+            Some(false) => "MISSED",
+            None => "n/a   ",
+        };
+        println!("{verdict} {what}: {val}");
+    }
+    Ok(())
+}
+
+type Rows = [(String, String)];
+
+/// One line per target: what, the figures, and met (None when a figure is missing).
+fn check_targets(l: &Rows, v: &Rows, f: &Rows) -> Vec<(String, String, Option<bool>)> {
     let mut lines: Vec<(String, String, Option<bool>)> = Vec::new();
     let fmt = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.1}"));
     // 1. server CPU per simple call.
@@ -167,22 +191,25 @@ pub fn targets(a: &Path, b: &Path) -> std::io::Result<()> {
         "info_16x16.server_cpu_us",
         "version_1x1.server_cpu_us",
     ] {
-        let (x, y) = (lookup(&l, key), lookup(&v, key));
+        let (x, y) = (lookup(l, key), lookup(v, key));
+        let floor = lookup(f, key).map_or(String::new(), |z| {
+            floor_note(format!("{z:.1} us"), z <= 10.0)
+        });
         lines.push((
             format!("server CPU per call <= 10 us ({key})"),
-            format!("virtumld {} us, libvirtd {} us", fmt(y), fmt(x)),
+            format!("virtumld {} us, libvirtd {} us{floor}", fmt(y), fmt(x)),
             y.map(|y| y <= 10.0),
         ));
     }
     // 2./3./4. ratios against libvirtd.
+    let ratio_of = |x: Option<f64>, y: Option<f64>, higher: bool| match (x, y) {
+        (Some(x), Some(y)) if higher && x > 0.0 => Some(y / x),
+        (Some(x), Some(y)) if !higher && y > 0.0 => Some(x / y),
+        _ => None,
+    };
     let ratio = |key: &str, higher: bool| -> (Option<f64>, Option<f64>, Option<f64>) {
-        let (x, y) = (lookup(&l, key), lookup(&v, key));
-        let r = match (x, y) {
-            (Some(x), Some(y)) if higher && x > 0.0 => Some(y / x),
-            (Some(x), Some(y)) if !higher && y > 0.0 => Some(x / y),
-            _ => None,
-        };
-        (x, y, r)
+        let (x, y) = (lookup(l, key), lookup(v, key));
+        (x, y, ratio_of(x, y, higher))
     };
     for (what, key, higher) in [
         (
@@ -220,10 +247,13 @@ pub fn targets(a: &Path, b: &Path) -> std::io::Result<()> {
         ),
     ] {
         let (x, y, r) = ratio(key, higher);
+        let floor = ratio_of(x, lookup(f, key), higher).map_or(String::new(), |z| {
+            floor_note(format!("ratio {z:.2}"), z >= 5.0)
+        });
         lines.push((
             format!("{what} ({key})"),
             format!(
-                "virtumld {}, libvirtd {}, ratio {:.2}",
+                "virtumld {}, libvirtd {}, ratio {:.2}{floor}",
                 fmt(y),
                 fmt(x),
                 r.unwrap_or(f64::NAN)
@@ -232,19 +262,19 @@ pub fn targets(a: &Path, b: &Path) -> std::io::Result<()> {
         ));
     }
     // 5. idle RSS.
-    let rss = lookup(&v, "start.idle_rss_kib");
+    let rss = lookup(v, "start.idle_rss_kib");
     lines.push((
         "idle RSS <= 10 MB (fresh daemon)".into(),
         format!(
             "virtumld {} KiB, libvirtd {} KiB",
             fmt(rss),
-            fmt(lookup(&l, "start.idle_rss_kib"))
+            fmt(lookup(l, "start.idle_rss_kib"))
         ),
         rss.map(|r| r <= 10.0 * 1024.0),
     ));
     // 6./7. idle connections.
-    if let Some(k) = find_key(&v, "idle_", ".per_conn_bytes") {
-        let (x, y) = (lookup(&l, &k), lookup(&v, &k));
+    if let Some(k) = find_key(v, "idle_", ".per_conn_bytes") {
+        let (x, y) = (lookup(l, &k), lookup(v, &k));
         lines.push((
             format!("memory per idle connection <= libvirtd's ({k})"),
             format!("virtumld {} B, libvirtd {} B", fmt(y), fmt(x)),
@@ -254,17 +284,17 @@ pub fn targets(a: &Path, b: &Path) -> std::io::Result<()> {
             },
         ));
         let tag = k.trim_end_matches(".per_conn_bytes");
-        let held = lookup(&v, &format!("{tag}.conns_held"));
-        let want = lookup(&v, &format!("{tag}.conns_requested"));
-        let p99 = lookup(&v, &format!("{tag}.canary_p99_us"));
+        let held = lookup(v, &format!("{tag}.conns_held"));
+        let want = lookup(v, &format!("{tag}.conns_requested"));
+        let p99 = lookup(v, &format!("{tag}.canary_p99_us"));
         lines.push((
             format!("{} idle connections held, canary p99 < 1 ms", fmt(want)),
             format!(
                 "virtumld held {} with canary p99 {} us; libvirtd held {} with p99 {} us",
                 fmt(held),
                 fmt(p99),
-                fmt(lookup(&l, &format!("{tag}.conns_held"))),
-                fmt(lookup(&l, &format!("{tag}.canary_p99_us")))
+                fmt(lookup(l, &format!("{tag}.conns_held"))),
+                fmt(lookup(l, &format!("{tag}.canary_p99_us")))
             ),
             match (held, want, p99) {
                 (Some(h), Some(w), Some(p)) if w >= 10_000.0 => Some(h >= w && p < 1000.0),
@@ -273,49 +303,92 @@ pub fn targets(a: &Path, b: &Path) -> std::io::Result<()> {
         ));
     }
     // 8./9. many domains.
-    if let Some(k) = find_key(&v, "list_", ".domains_listed")
+    if let Some(k) = find_key(v, "list_", ".domains_listed")
         .into_iter()
         .chain(v.iter().map(|(k, _)| k.clone()))
         .filter(|k| k.starts_with("list_") && k.ends_with(".domains_listed"))
-        .max_by_key(|k| lookup(&v, k).unwrap_or(0.0) as u64)
+        .max_by_key(|k| lookup(v, k).unwrap_or(0.0) as u64)
     {
         let tag = k.trim_end_matches(".domains_listed");
-        let n = lookup(&v, &k).unwrap_or(0.0);
-        let p50 = lookup(&v, &format!("{tag}.p50_us"));
-        let p99 = lookup(&v, &format!("{tag}.p99_us"));
+        let n = lookup(v, &k).unwrap_or(0.0);
+        let p50 = lookup(v, &format!("{tag}.p50_us"));
+        let p99 = lookup(v, &format!("{tag}.p99_us"));
         lines.push((
             format!("CONNECT_LIST_ALL_DOMAINS with {n:.0} domains < 20 ms"),
             format!(
                 "virtumld p50 {} us p99 {} us; libvirtd p50 {} us p99 {} us",
                 fmt(p50),
                 fmt(p99),
-                fmt(lookup(&l, &format!("{tag}.p50_us"))),
-                fmt(lookup(&l, &format!("{tag}.p99_us")))
+                fmt(lookup(l, &format!("{tag}.p50_us"))),
+                fmt(lookup(l, &format!("{tag}.p99_us")))
             ),
             p99.filter(|_| n >= 10_000.0).map(|p| p < 20_000.0),
         ));
     }
-    if let Some(k) = find_key(&v, "start_", ".list_ready_ms") {
-        let ms = lookup(&v, &k);
+    if let Some(k) = find_key(v, "start_", ".list_ready_ms") {
+        let ms = lookup(v, &k);
         let tag = k.trim_end_matches(".list_ready_ms");
-        let n = lookup(&v, &format!("{tag}.domains_listed")).unwrap_or(0.0);
+        let n = lookup(v, &format!("{tag}.domains_listed")).unwrap_or(0.0);
         lines.push((
             format!("daemon start with {n:.0} definitions < 1 s"),
             format!(
                 "virtumld answered after {} ms and listed them all after {} ms",
-                fmt(lookup(&v, &format!("{tag}.handshake_ready_ms"))),
+                fmt(lookup(v, &format!("{tag}.handshake_ready_ms"))),
                 fmt(ms)
             ),
             ms.filter(|_| n >= 10_000.0).map(|m| m < 1000.0),
         ));
     }
-    for (what, val, ok) in lines {
-        let verdict = match ok {
-            Some(true) => "MET   ",
-            Some(false) => "MISSED",
-            None => "n/a   ",
-        };
-        println!("{verdict} {what}: {val}");
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(text: &str) -> Vec<(String, String)> {
+        text.split_whitespace()
+            .collect::<Vec<_>>()
+            .chunks(2)
+            .map(|kv| (kv[0].to_string(), kv[1].to_string()))
+            .collect()
     }
-    Ok(())
+
+    fn line<'a>(
+        lines: &'a [(String, String, Option<bool>)],
+        key: &str,
+    ) -> &'a (String, String, Option<bool>) {
+        lines
+            .iter()
+            .find(|(what, ..)| what.contains(key))
+            .expect(key)
+    }
+
+    #[test]
+    fn a_target_line_carries_the_floors_own_verdict_when_the_floor_was_measured() {
+        let l = rows("version_1x1.server_cpu_us 70 open_4.opens_per_s 2000 open_1.opens_per_s 900");
+        let v =
+            rows("version_1x1.server_cpu_us 27 open_4.opens_per_s 9000 open_1.opens_per_s 4600");
+        let f = rows("version_1x1.server_cpu_us 24 open_4.opens_per_s 11000");
+        let lines = check_targets(&l, &v, &f);
+        let cpu = line(&lines, "(version_1x1.server_cpu_us)");
+        assert_eq!(cpu.2, Some(false));
+        assert!(
+            cpu.1.ends_with("; floor 24.0 us (the floor misses it)"),
+            "{}",
+            cpu.1
+        );
+        let open4 = line(&lines, "(open_4.opens_per_s)");
+        assert_eq!(open4.2, Some(false));
+        assert!(
+            open4.1.ends_with("; floor ratio 5.50 (the floor meets it)"),
+            "{}",
+            open4.1
+        );
+        // No floor figure, no note.
+        assert!(!line(&lines, "(open_1.opens_per_s)").1.contains("floor"));
+        assert!(check_targets(&l, &v, &[])
+            .iter()
+            .all(|(_, val, _)| !val.contains("floor")));
+    }
 }
