@@ -207,10 +207,6 @@ fn check_targets(l: &Rows, v: &Rows, f: &Rows) -> Vec<(String, String, Option<bo
         (Some(x), Some(y)) if !higher && y > 0.0 => Some(x / y),
         _ => None,
     };
-    let ratio = |key: &str, higher: bool| -> (Option<f64>, Option<f64>, Option<f64>) {
-        let (x, y) = (lookup(l, key), lookup(v, key));
-        (x, y, ratio_of(x, y, higher))
-    };
     for (what, key, higher) in [
         (
             ">= 5x libvirtd replies/s",
@@ -246,7 +242,8 @@ fn check_targets(l: &Rows, v: &Rows, f: &Rows) -> Vec<(String, String, Option<bo
             true,
         ),
     ] {
-        let (x, y, r) = ratio(key, higher);
+        let (x, y) = (lookup(l, key), lookup(v, key));
+        let r = ratio_of(x, y, higher);
         let floor = ratio_of(x, lookup(f, key), higher).map_or(String::new(), |z| {
             floor_note(format!("ratio {z:.2}"), z >= 5.0)
         });
@@ -354,14 +351,14 @@ mod tests {
             .collect()
     }
 
-    fn line<'a>(
-        lines: &'a [(String, String, Option<bool>)],
-        key: &str,
-    ) -> &'a (String, String, Option<bool>) {
-        lines
+    /// The line of `key` has this verdict and its figures end so.
+    fn check(lines: &[(String, String, Option<bool>)], key: &str, met: bool, ends: &str) {
+        let (_, val, ok) = lines
             .iter()
             .find(|(what, ..)| what.contains(key))
-            .expect(key)
+            .expect(key);
+        assert_eq!(*ok, Some(met), "{key}");
+        assert!(val.ends_with(ends), "{key}: {val}");
     }
 
     #[test]
@@ -371,22 +368,20 @@ mod tests {
             rows("version_1x1.server_cpu_us 27 open_4.opens_per_s 9000 open_1.opens_per_s 4600");
         let f = rows("version_1x1.server_cpu_us 24 open_4.opens_per_s 11000");
         let lines = check_targets(&l, &v, &f);
-        let cpu = line(&lines, "(version_1x1.server_cpu_us)");
-        assert_eq!(cpu.2, Some(false));
-        assert!(
-            cpu.1.ends_with("; floor 24.0 us (the floor misses it)"),
-            "{}",
-            cpu.1
+        check(
+            &lines,
+            "(version_1x1.server_cpu_us)",
+            false,
+            "; floor 24.0 us (the floor misses it)",
         );
-        let open4 = line(&lines, "(open_4.opens_per_s)");
-        assert_eq!(open4.2, Some(false));
-        assert!(
-            open4.1.ends_with("; floor ratio 5.50 (the floor meets it)"),
-            "{}",
-            open4.1
+        check(
+            &lines,
+            "(open_4.opens_per_s)",
+            false,
+            "; floor ratio 5.50 (the floor meets it)",
         );
         // No floor figure, no note.
-        assert!(!line(&lines, "(open_1.opens_per_s)").1.contains("floor"));
+        check(&lines, "(open_1.opens_per_s)", true, "ratio 5.11");
         assert!(check_targets(&l, &v, &[])
             .iter()
             .all(|(_, val, _)| !val.contains("floor")));
