@@ -1,9 +1,11 @@
 //! The stock virsh and python3-libvirt against a private daemon: connection- and host-level
-//! commands over TCP and UNIX, read-only, refused URIs, unsupported APIs.
+//! commands over TCP and UNIX, read-only, refused URIs, unsupported APIs, closing.
 
 mod support;
 
-use support::{python_ok, virsh, Daemon};
+use std::time::Duration;
+
+use support::{fd_count, python_ok, virsh, wait_until, Daemon};
 
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -152,6 +154,44 @@ c.close()
         "import libvirt, os\nprint(libvirt.open(os.environ['URI']).isSecure())\n",
     );
     assert_eq!(out.trim(), "1");
+}
+
+/// Stock clients end with CONNECT_CLOSE and then close their side; the daemon serves
+/// nothing after CONNECT_CLOSE but must still see every such connection to its end, with
+/// nothing left open.
+#[test]
+fn connections_closed_by_stock_clients_leave_nothing_open() {
+    let d = Daemon::start();
+    // One connection first, so lazily opened descriptors count in the baseline.
+    assert!(virsh(&d.tcp_uri(), &["hostname"]).status.success());
+    let base = fd_count(d.pid());
+    for uri in [d.tcp_uri(), d.unix_uri()] {
+        for _ in 0..5 {
+            let l = virsh(&uri, &["list", "--all"]);
+            assert!(l.status.success(), "{}", stderr(&l));
+        }
+        let out = python_ok(
+            &uri,
+            r#"
+import libvirt, os
+for i in range(5):
+    c = libvirt.open(os.environ["URI"])
+    c.getHostname()
+    assert c.close() == 0
+# A connection used after close fails in the client, and a new one works.
+try:
+    c.getHostname()
+    raise SystemExit("a closed connection answered")
+except libvirt.libvirtError:
+    pass
+print("again", libvirt.open(os.environ["URI"]).getType())
+"#,
+        );
+        assert!(out.contains("again UML"), "{out}");
+    }
+    let back = wait_until(Duration::from_secs(10), || fd_count(d.pid()) <= base);
+    assert!(back, "fds: {} now, {base} before", fd_count(d.pid()));
+    assert!(!d.log().contains("WARN"), "{}", d.log());
 }
 
 /// `virsh -c uml:///system` as root with the default paths, in a private mount namespace
